@@ -1,0 +1,104 @@
+"""Tiny random models and checkpoints with awkward shapes, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .contract import ARCHITECTURE, LayerSpec, OlicaSpec
+from .writer import CheckpointWriter
+
+FAMILIES = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig"),
+    "mistral": ("MistralForCausalLM", "MistralConfig"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+}
+
+
+def tiny_config(*, family: str = "llama", hidden_size: int = 64, num_heads: int = 4, num_kv_heads: int = 2,
+                head_dim: int = 16, intermediate_size: int = 128, num_layers: int = 3, vocab_size: int = 256,
+                tie_word_embeddings: bool = False, max_position_embeddings: int = 512, **extra: Any):
+    """A small source config of ``family`` (llama | mistral | qwen2)."""
+    import transformers
+
+    arch, cfg_name = FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(
+        hidden_size=hidden_size,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie_word_embeddings,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-6,
+        **extra,
+    )
+    cfg.architectures = [arch]
+    return cfg
+
+
+def random_dense_model(config, *, seed: int = 0):
+    """A transformers model of the source family with random weights (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _randomize_norms(model, seed)
+    return model.eval()
+
+
+def random_olica_model(config, layers: list[LayerSpec], *, qkv_bias: bool = False, seed: int = 0):
+    """An ``OlicaForCausalLM`` with random weights and the given per-layer widths."""
+    from .modeling import OlicaForCausalLM
+
+    cfg = olica_config_dict(config, layers, qkv_bias=qkv_bias)
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.for_model(**cfg)
+    torch.manual_seed(seed)
+    model = OlicaForCausalLM(hf_cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    _randomize_norms(model, seed)
+    return model.eval()
+
+
+def _randomize_norms(model, seed: int) -> None:
+    # Norm weights initialise to one; random ones catch a norm applied wrongly.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+
+
+def olica_config_dict(config, layers: list[LayerSpec], *, qkv_bias: bool = False,
+                      sparsity: dict | None = None, calibration: dict | None = None) -> dict[str, Any]:
+    """The config.json of an Olica checkpoint derived from a source config."""
+    cfg = copy.deepcopy(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    source_arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
+    cfg["architectures"] = [ARCHITECTURE]
+    spec = OlicaSpec(source_architecture=source_arch, qkv_bias=qkv_bias, layers=list(layers),
+                     sparsity=sparsity or {}, calibration=calibration or {})
+    cfg["olica"] = spec.to_dict()
+    return cfg
+
+
+def save_model_checkpoint(model, output: str | Path, *, tokenizer_dir: str | Path | None = None,
+                          overwrite: bool = False) -> Path:
+    """Write any in-memory Olica/dense model through the atomic writer."""
+    cfg = model.config.to_dict()
+    state = model.state_dict()
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    with CheckpointWriter(output, overwrite=overwrite) as w:
+        for name, t in state.items():
+            w.add(name, t)
+        return w.finish(config=cfg, copy_from=tokenizer_dir)
