@@ -1,0 +1,173 @@
+"""Turning a target sparsity into per-layer widths.
+
+The target is a fraction of *all* parameters (embeddings included) and is hit
+within a tolerance after rounding every width to its alignment, calibration
+branches counted. Two allocations:
+
+- ``uniform``: every layer loses the same fraction of its V/O and FFN widths
+  (the paper's and the baselines' protocol).
+- ``adaptive``: V/O directions and FFN neurons of all layers compete in one
+  ranking by *cost per parameter*, the cost of a unit being the calibration
+  energy it carries relative to the residual-stream energy at its layer
+  (measured on the dense model). Layers whose units matter little to their
+  stream give up more; the first and last layers are usually spared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .contract import LayerSpec, ModelDims, count_parameters, OlicaSpec
+from .linalg import lowrank_pays_off
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class LayerCosts:
+    """Per-layer unit energies from the dense model (any order; sorted here)."""
+
+    ffn: torch.Tensor  # [m]   E‖contribution‖² per FFN neuron
+    vo: torch.Tensor  # [e]   E‖contribution‖² per value slot (summed over KV heads)
+    stream: float  # E‖h‖² of the residual stream at this layer's output
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    ffn: int = 32
+    v: int = 8
+    rank: int = 32
+
+
+def qk_rank(out_features: int, in_features: int, sparsity: float, align: int) -> int | None:
+    """Rank removing ``sparsity`` of a projection's params, or None (keep dense)."""
+    if sparsity <= 0:
+        return None
+    r = int(math.floor((1 - sparsity) * out_features * in_features / (in_features + out_features) / align)) * align
+    r = max(align, r)
+    return r if lowrank_pays_off(r, in_features, out_features) else None
+
+
+def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation: str,
+                costs: list[LayerCosts] | None, qk_sparsity: float, calibration_layers: list[int],
+                calibration_rank: int, align: Alignment, tolerance: float = 0.005,
+                min_keep: float = 0.1) -> list[LayerSpec]:
+    """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense."""
+    d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
+                        dims.intermediate_size, dims.num_layers)
+    dense_total = count_parameters(None, dims, qkv_bias=qkv_bias)
+    target_total = (1 - sparsity) * dense_total
+    q_rank = qk_rank(h * e, d, qk_sparsity, align.rank)
+    k_rank = qk_rank(g * e, d, qk_sparsity, align.rank)
+    cal = set(calibration_layers)
+
+    def spec_for(ffn_keep: list[int], v_keep: list[int]) -> list[LayerSpec]:
+        return [LayerSpec(q_rank, k_rank, v_keep[i], ffn_keep[i], calibration_rank if i in cal else 0)
+                for i in range(L)]
+
+    def total(specs: list[LayerSpec]) -> int:
+        return count_parameters(OlicaSpec("LlamaForCausalLM", qkv_bias, specs), dims)
+
+    ffn_unit = 3 * d
+    vo_unit = (g + h) * d + (g if qkv_bias else 0)
+    min_ffn = max(align.ffn, int(math.ceil(min_keep * m / align.ffn)) * align.ffn)
+    min_v = max(align.v, int(math.ceil(min_keep * e / align.v)) * align.v)
+    base = spec_for([m] * L, [e] * L)
+    to_remove = total(base) - target_total
+    if to_remove < 0:
+        raise BudgetError(
+            f"sparsity {sparsity:.3f} is reached by the Q/K factorisation and calibration settings alone; "
+            "lower --qk-sparsity or the calibration rank"
+        )
+    max_removable = L * ((m - min_ffn) * ffn_unit + (e - min_v) * vo_unit)
+    if to_remove > max_removable:
+        raise BudgetError(
+            f"sparsity {sparsity:.3f} needs removing {to_remove:,.0f} parameters but the FFN and V/O widths can give "
+            f"at most {max_removable:,.0f} (embeddings are not pruned); choose a lower sparsity"
+        )
+
+    if allocation == "uniform":
+        frac = to_remove / (L * (m * ffn_unit + e * vo_unit))
+        ffn_keep = [m - frac * m] * L
+        v_keep = [e - frac * e] * L
+    elif allocation == "adaptive":
+        if costs is None:
+            raise ValueError("adaptive allocation needs per-layer costs")
+        ffn_keep, v_keep = _greedy(costs, to_remove, ffn_unit, vo_unit, m, e, min_ffn, min_v)
+    else:
+        raise ValueError(f"unknown allocation {allocation!r}; choose adaptive or uniform")
+
+    ffn_w = [min(m, max(min_ffn, int(round(k / align.ffn)) * align.ffn)) for k in ffn_keep]
+    v_w = [min(e, max(min_v, int(round(k / align.v)) * align.v)) for k in v_keep]
+    # Rounding moves the total; trade FFN chunks until within tolerance,
+    # taking from (or giving to) the layer where the chunk matters least (most).
+    order_cost = _chunk_costs(costs, align.ffn) if costs is not None else None
+    best, best_err = spec_for(ffn_w, v_w), math.inf
+    last_sign = 0
+    for _ in range(4 * L * max(1, m // align.ffn)):
+        specs = spec_for(ffn_w, v_w)
+        excess = (total(specs) - target_total) / dense_total
+        if abs(excess) < best_err:
+            best, best_err = specs, abs(excess)
+        sign = 1 if excess > 0 else -1
+        if abs(excess) <= tolerance / 4 or (last_sign and sign != last_sign):
+            break  # close enough, or one chunk overshoots: keep the closer side
+        last_sign = sign
+        if excess > 0:
+            cands = [i for i in range(L) if ffn_w[i] - align.ffn >= min_ffn]
+            if not cands:
+                break
+            i = min(cands, key=lambda i: order_cost(i, ffn_w[i] - align.ffn) if order_cost else -ffn_w[i])
+            ffn_w[i] -= align.ffn
+        else:
+            cands = [i for i in range(L) if ffn_w[i] + align.ffn <= m]
+            if not cands:
+                break
+            i = max(cands, key=lambda i: order_cost(i, ffn_w[i]) if order_cost else -ffn_w[i])
+            ffn_w[i] += align.ffn
+    if best_err <= tolerance:
+        return best
+    raise BudgetError(
+        f"cannot reach sparsity {sparsity:.3f} within ±{tolerance * 100:.1f} pp with FFN widths aligned to "
+        f"{align.ffn}: the model is too small for this alignment; use a smaller --align"
+    )
+
+
+def _greedy(costs: list[LayerCosts], to_remove: float, ffn_unit: int, vo_unit: int, m: int, e: int,
+            min_ffn: int, min_v: int) -> tuple[list[float], list[float]]:
+    keys, layer_of, kind_of = [], [], []
+    for i, c in enumerate(costs):
+        ffn = torch.sort(c.ffn.double()).values[: m - min_ffn] / c.stream / ffn_unit
+        vo = torch.sort(c.vo.double()).values[: e - min_v] / c.stream / vo_unit
+        keys += [ffn, vo]
+        layer_of += [torch.full_like(ffn, i), torch.full_like(vo, i)]
+        kind_of += [torch.zeros_like(ffn), torch.ones_like(vo)]
+    key = torch.cat(keys)
+    layer = torch.cat(layer_of).long()
+    kind = torch.cat(kind_of).long()
+    order = torch.argsort(key)
+    params = torch.where(kind[order] == 0, float(ffn_unit), float(vo_unit))
+    n = int(torch.searchsorted(torch.cumsum(params, 0), torch.tensor(to_remove, dtype=params.dtype))) + 1
+    taken = order[:n]
+    L = len(costs)
+    ffn_removed = torch.bincount(layer[taken][kind[taken] == 0], minlength=L)
+    vo_removed = torch.bincount(layer[taken][kind[taken] == 1], minlength=L)
+    return [float(m - r) for r in ffn_removed], [float(e - r) for r in vo_removed]
+
+
+def _chunk_costs(costs: list[LayerCosts], chunk: int):
+    sorted_ffn = [torch.sort(c.ffn.double()).values for c in costs]
+
+    def cost(i: int, keep_after: int) -> float:
+        # Energy of the neurons between keep_after and keep_after + chunk (by rank).
+        vals = sorted_ffn[i]
+        m = vals.numel()
+        lo, hi = max(0, m - keep_after - chunk), m - keep_after
+        return float(vals[lo:hi].sum() / costs[i].stream)
+
+    return cost

@@ -1,0 +1,256 @@
+"""The method's tensor math, as pure functions (float64 inside).
+
+Conventions: a linear layer's weight ``W`` is ``[out, in]`` (PyTorch); the
+calibration inputs enter through their second moment ``C = E[x xᵀ]`` (``[d, d]``)
+and its Cholesky factor ``L`` (``C = L Lᵀ``), so ``‖W L‖_F² = E‖W x‖²`` — the
+activation-weighted energy every decomposition here ranks by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+OndMethod = Literal["fast", "exact", "separate", "none"]
+
+
+def damped_cholesky(cov: torch.Tensor, *, damp: float = 1e-4) -> torch.Tensor:
+    """Lower Cholesky factor of ``cov + damp·mean(diag)·I`` in float64.
+
+    The damping keeps the factor invertible when some input directions never
+    occur in the calibration data (rank-deficient covariance).
+    """
+    c = cov.double()
+    eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    scale = c.diagonal().mean().clamp_min(1e-12)
+    for k in range(6):
+        try:
+            return torch.linalg.cholesky(c + (damp * 10**k) * scale * eye)
+        except torch.linalg.LinAlgError:
+            continue
+    raise ValueError("calibration covariance is not positive definite even after damping; are inputs all zero?")
+
+
+# ---------------------------------------------------------------- low rank
+
+
+@dataclasses.dataclass
+class LowRank:
+    a: torch.Tensor  # [r, in]
+    b: torch.Tensor  # [out, r]
+    energy_kept: float  # fraction of E‖W x‖² kept
+
+
+def lowrank_factorize(weight: torch.Tensor, chol: torch.Tensor, rank: int) -> LowRank:
+    """Activation-aware rank-``rank`` pair ``W ≈ B A`` minimising E‖(W − BA) x‖².
+
+    SVD of ``W L = U Σ Vᵀ``; ``B = U_r Σ_r``, ``A = V_rᵀ L⁻¹``. Exact (up to
+    round-off) when ``rank`` reaches ``rank(W)``.
+    """
+    w = weight.double()
+    wl = w @ chol
+    u, s, vt = torch.linalg.svd(wl, full_matrices=False)
+    r = min(rank, s.numel())
+    b = u[:, :r] * s[:r]
+    # A = V_rᵀ L⁻¹  <=>  A L = V_rᵀ  <=>  Lᵀ Aᵀ = V_r
+    a = torch.linalg.solve_triangular(chol.T, vt[:r].T, upper=True).T
+    total = (s**2).sum().clamp_min(1e-30)
+    return LowRank(a=a, b=b, energy_kept=float((s[:r] ** 2).sum() / total))
+
+
+def singular_energies(weight: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """Squared singular values of ``W L`` (descending): what each rank carries."""
+    return torch.linalg.svdvals(weight.double() @ chol) ** 2
+
+
+def lowrank_pays_off(rank: int, in_features: int, out_features: int) -> bool:
+    """Factorising saves parameters only when r·(in + out) < in·out."""
+    return rank * (in_features + out_features) < in_features * out_features
+
+
+# ---------------------------------------------------------- OND (V and O)
+
+
+@dataclasses.dataclass
+class VOBasis:
+    """A change of basis of one KV head's value space, strongest direction first.
+
+    ``v_new = v_map @ w_v`` (``[e, d]``) and ``o_new_i = w_o_i @ o_map``: the
+    product ``w_o_i @ w_v`` is unchanged; keeping the first ``k`` rows/columns
+    keeps the ``k`` strongest directions. ``strength[t]²`` estimates the
+    activation-weighted energy of direction ``t`` in the group's output.
+    """
+
+    v_map: torch.Tensor  # [e, e]
+    o_map: torch.Tensor  # [e, e]
+    strength: torch.Tensor  # [e], descending for fast/exact
+
+
+def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tensor,
+             method: OndMethod = "fast", *, v_bias: torch.Tensor | None = None) -> VOBasis:
+    """Basis for one KV head: ``w_v`` ``[e, d]``, ``w_o_group`` the ``[d, e]`` blocks
+    of ``o_proj`` of every query head reading this KV head (GQA: all share it).
+
+    - ``fast``: orthogonal rotation from the SVD of ``W_v L`` alone (the paper's
+      fast OND: the factor's spectrum stands in for the product's).
+    - ``exact``: OND of the stacked product ``[W_o^(i)] W_v L`` without forming
+      it: QR of the stacked ``W_o`` then an ``e × d`` SVD. Truncation is then the
+      best rank-k approximation of the group's weighted V/O product.
+    - ``separate``: truncated SVDs of ``W_v L`` and ``W_o`` taken separately
+      (the paper's Table 5 ablation); exact only at full width.
+    - ``none``: no rotation; value dims ranked by their own product energy.
+    """
+    e = w_v.shape[0]
+    wv = w_v.double()
+    wo = torch.cat([w.double() for w in w_o_group], dim=0)  # [G·d, e]
+    wvl = wv @ chol  # [e, d]
+    if v_bias is not None:
+        # The bias is a constant input direction: append it so it is ranked too.
+        wvl = torch.cat([wvl, v_bias.double()[:, None]], dim=1)
+    eye = torch.eye(e, dtype=wv.dtype, device=wv.device)
+    if method == "fast":
+        u, s, _ = torch.linalg.svd(wvl, full_matrices=False)
+        strength = s * torch.linalg.vector_norm(wo @ u, dim=0)
+        return VOBasis(v_map=u.T, o_map=u, strength=strength)
+    if method == "exact":
+        _, r = torch.linalg.qr(wo)  # wo = Q R, R: [e, e]
+        r = _regularize_triangular(r)
+        u, s, _ = torch.linalg.svd(r @ wvl, full_matrices=False)
+        # v_new = Uᵀ R W_v ; o_new = W_o R⁻¹ U  (product unchanged)
+        o_map = torch.linalg.solve_triangular(r, u, upper=True)
+        return VOBasis(v_map=u.T @ r, o_map=o_map, strength=s)
+    if method == "separate":
+        uv, sv, _ = torch.linalg.svd(wvl, full_matrices=False)
+        _, so, vot = torch.linalg.svd(wo, full_matrices=False)
+        uo = vot.T  # right singular vectors of W_o: [e, e]
+        # Truncating to k keeps W_o U_o,k (U_o,kᵀ U_v,k U_v,kᵀ) W_v; at full
+        # width both projections are the identity.
+        strength = so * torch.linalg.vector_norm(uo.T @ uv * sv, dim=1)
+        order = torch.argsort(strength, descending=True)
+        uo = uo[:, order]
+        return _SeparateBasis(uv=uv, uo=uo, strength=strength[order])
+    if method == "none":
+        strength = torch.linalg.vector_norm(wvl, dim=1) * torch.linalg.vector_norm(wo, dim=0)
+        order = torch.argsort(strength, descending=True)
+        perm = eye[order]
+        return VOBasis(v_map=perm, o_map=perm.T, strength=strength[order])
+    raise ValueError(f"unknown OND method {method!r}; choose fast, exact, separate or none")
+
+
+class _SeparateBasis(VOBasis):
+    """Separate truncation: the maps depend on ``k`` (not one fixed rotation)."""
+
+    def __init__(self, *, uv: torch.Tensor, uo: torch.Tensor, strength: torch.Tensor) -> None:
+        super().__init__(v_map=uv.T, o_map=uo, strength=strength)
+        self.uv = uv
+        self.uo = uo
+
+
+def truncate_vo(basis: VOBasis, w_v: torch.Tensor, w_o_group: list[torch.Tensor], k: int,
+                *, v_bias: torch.Tensor | None = None):
+    """Apply ``basis`` and keep ``k`` value dims: returns (``[k, d]`` W_v, its bias or
+    None, list of ``[d, k]`` W_o blocks)."""
+    wv = w_v.double()
+    if isinstance(basis, _SeparateBasis):
+        uv_k = basis.uv[:, :k]
+        uo_k = basis.uo[:, :k]
+        v_map = uo_k.T @ uv_k @ uv_k.T  # [k, e]
+        o_map = uo_k
+    else:
+        v_map = basis.v_map[:k]
+        o_map = basis.o_map[:, :k]
+    new_v = v_map @ wv
+    new_b = v_map @ v_bias.double() if v_bias is not None else None
+    new_o = [w.double() @ o_map for w in w_o_group]
+    return new_v, new_b, new_o
+
+
+def _regularize_triangular(r: torch.Tensor, rel: float = 1e-8) -> torch.Tensor:
+    # A W_o with (near) dependent columns leaves R singular; nudge its diagonal.
+    d = r.diagonal()
+    floor = rel * d.abs().max().clamp_min(1e-30)
+    sign = torch.where(d >= 0, 1.0, -1.0).to(r.dtype)
+    fixed = torch.where(d.abs() < floor, sign * floor, d)
+    return r - torch.diag(d) + torch.diag(fixed)
+
+
+# ---------------------------------------------------------- FFN importance
+
+
+def ffn_contribution_scores(h_sq_mean: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """Olica's FFN neuron score: RMS of neuron ``k``'s output contribution,
+    ``sqrt(E[h_k²]) · ‖W_down[:, k]‖`` (``h = act(gate x) * up x``)."""
+    return h_sq_mean.double().clamp_min(0).sqrt() * torch.linalg.vector_norm(w_down.double(), dim=0)
+
+
+def ffn_wanda_scores(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                     x_sq_mean: torch.Tensor, h_sq_mean: torch.Tensor) -> torch.Tensor:
+    """Wanda-sp: Σ |W|·‖input‖ over every weight of the neuron's structure."""
+    xn = x_sq_mean.double().sqrt()
+    hn = h_sq_mean.double().sqrt()
+    return ((w_gate.double().abs() + w_up.double().abs()) @ xn) + w_down.double().abs().sum(0) * hn
+
+
+def ffn_magnitude_scores(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """Magnitude: Σ |W| over every weight of the neuron's structure."""
+    return w_gate.double().abs().sum(1) + w_up.double().abs().sum(1) + w_down.double().abs().sum(0)
+
+
+# ------------------------------------------------------ linear calibration
+
+
+@dataclasses.dataclass
+class Calibration:
+    a: torch.Tensor  # [r, d]
+    b: torch.Tensor  # [d, r]
+    residual_energy: float  # E‖e‖² before the branch
+    remaining_energy: float  # E‖e − B A x‖² after it (on the calibration data)
+
+    @property
+    def explained(self) -> float:
+        return 1.0 - self.remaining_energy / max(self.residual_energy, 1e-30)
+
+
+def fit_calibration(xtx: torch.Tensor, xte: torch.Tensor, ete_diag: torch.Tensor, rank: int,
+                    *, ridge: float = 1e-3, weighted: bool = True) -> Calibration:
+    """Low-rank ridge regression of the FFN residual ``e`` on its input ``x``.
+
+    ``xtx = Σ x xᵀ`` ``[d, d]``, ``xte = Σ x eᵀ`` ``[d, d]``, ``ete_diag = Σ e∘e`` ``[d]``.
+    Full ridge solution ``Ŵ = (XᵀX + λI)⁻¹ XᵀE`` (so ``e ≈ Ŵᵀ x``), then a rank-r
+    truncation. Output dims are weighed by how well they are predicted
+    (``D = diag(R²)``, R² of the full ridge fit per dim): the truncation keeps the
+    top-r eigenvectors ``V`` of ``D^½ F D^½`` (``F = ŴᵀXᵀXŴ``, the fitted signal) —
+    reduced-rank regression in the weighted norm. Branch ``e ≈ B A x`` with
+    ``A = Vᵀ D^-½ Ŵᵀ`` and ``B = D^½ V``.
+    """
+    c = xtx.double()
+    xe = xte.double()
+    ete = ete_diag.double()
+    d = c.shape[0]
+    eye = torch.eye(d, dtype=c.dtype, device=c.device)
+    lam = ridge * c.diagonal().mean().clamp_min(1e-30)
+    w = torch.linalg.solve(c + lam * eye, xe)  # [d_in, d_out]
+    fitted = w.T @ c @ w  # Σ (Ŵᵀx)(Ŵᵀx)ᵀ  [d_out, d_out]
+    if weighted:
+        r2 = (fitted.diagonal() / ete.clamp_min(1e-30)).clamp(1e-3, 1.0)
+    else:
+        r2 = torch.ones(d, dtype=c.dtype, device=c.device)
+    sq = r2.sqrt()
+    evals, evecs = torch.linalg.eigh(sq[:, None] * fitted * sq[None, :])
+    v = evecs[:, torch.argsort(evals, descending=True)[:rank]]  # [d, r]
+    a = (v / sq[:, None]).T @ w.T  # [r, d]
+    b = sq[:, None] * v  # [d, r]
+    # Remaining energy Σ‖e − B A x‖² = Σ‖e‖² − 2 tr(B A XᵀE) + tr(B A XᵀX Aᵀ Bᵀ)
+    ba = b @ a  # [d_out, d_in]
+    cross = torch.trace(ba @ xe)
+    fit = torch.trace(ba @ c @ ba.T)
+    total = float(ete.sum())
+    remaining = total - 2 * float(cross) + float(fit)
+    return Calibration(a=a, b=b, residual_energy=total, remaining_energy=max(remaining, 0.0))
+
+
+def round_to_multiple(x: float, multiple: int, *, minimum: int) -> int:
+    """Round to the nearest multiple, never below ``minimum``."""
+    return max(minimum, int(round(x / multiple)) * multiple)

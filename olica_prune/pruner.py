@@ -1,0 +1,503 @@
+"""Layer-by-layer pruning: the orchestration around the math in ``linalg``.
+
+One entry point, :func:`prune`. The source model is streamed: one decoder
+layer's weights and the calibration activations are in memory at a time, and
+each pruned layer is written out as soon as it is done. Layer ``l`` is pruned
+on the outputs of the already-pruned layers ``< l``.
+
+With ``allocation="adaptive"`` a first, dense pass measures what every FFN
+neuron and V/O direction carries (``budget.LayerCosts``) and which layers'
+FFN residuals are most linearly predictable; the widths are planned from it,
+then the second pass prunes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapters import adapter_for
+from .budget import Alignment, LayerCosts, plan_widths
+from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters
+from .layers import SourceWeights, build_layer, load_config, read_dense_layer, rotary
+from .linalg import (
+    damped_cholesky,
+    ffn_contribution_scores,
+    ffn_magnitude_scores,
+    ffn_wanda_scores,
+    fit_calibration,
+    lowrank_factorize,
+    truncate_vo,
+    vo_basis,
+)
+from .writer import CheckpointWriter, check_output_path
+
+METHODS = ("olica", "magnitude", "wanda-sp")
+
+
+class PruneError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class PruneConfig:
+    """What to prune and how. Validated on construction."""
+
+    sparsity: float
+    method: str = "olica"  # olica | magnitude | wanda-sp
+    ond: str = "fast"  # fast | exact | separate | none  (olica only)
+    allocation: str | None = None  # adaptive | uniform (default: adaptive for olica)
+    qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
+    calibration: bool = True  # linear calibration of FFN residuals (olica only)
+    calibration_layers: int | None = None  # how many layers get a branch (default L/5)
+    calibration_rank: int | None = None  # default: the rank alignment
+    ridge: float = 1e-3
+    align: int = 32
+    v_align: int = 8
+    dataset: str = "pydoc"
+    num_samples: int = 128
+    seq_len: int = 128
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"  # of the written checkpoint
+
+    def __post_init__(self) -> None:
+        if not (0 < self.sparsity <= 0.9):
+            raise PruneError(f"sparsity must be in (0, 0.9], got {self.sparsity}")
+        if self.method not in METHODS:
+            raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.ond not in ("fast", "exact", "separate", "none"):
+            raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
+        if self.method != "olica":
+            # Baselines: the same units, scored their way, nothing else.
+            self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0
+            self.allocation = self.allocation or "uniform"
+        self.allocation = self.allocation or "adaptive"
+        if self.allocation not in ("adaptive", "uniform"):
+            raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive or uniform")
+        if self.qk_sparsity is None:
+            self.qk_sparsity = 0.0
+        if not (0 <= self.qk_sparsity < 1):
+            raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
+        for name in ("align", "v_align", "num_samples", "seq_len", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise PruneError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise PruneError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PruneError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: bool = False,
+          progress: bool = True, calibration_ids: torch.Tensor | None = None) -> dict[str, Any]:
+    """Prune ``model`` (dir, .gguf, hub id or alias) into an Olica checkpoint at ``output``.
+
+    Returns the report also written to ``olica_report.json``.
+    """
+    from transformers import AutoTokenizer
+
+    from .sources import resolve_model
+
+    t_start = time.perf_counter()
+    output = Path(output)
+    check_output_path(output, overwrite=overwrite)
+    src = resolve_model(model)
+    hf_config, raw_config = load_config(src)
+    adapter = adapter_for(raw_config)
+    dims = ModelDims.from_config(hf_config)
+    device = _device(config.device)
+    weights = SourceWeights(src)
+    out_dtype = weights.source_dtype() if config.dtype == "auto" else getattr(torch, config.dtype)
+
+    if calibration_ids is None:
+        from .data import calibration_batches
+
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+        calibration_ids = calibration_batches(tokenizer, config.dataset, num_samples=config.num_samples,
+                                              seq_len=config.seq_len, seed=config.seed)
+    n_tokens = calibration_ids.numel()
+    cal_layers_n = 0
+    if config.calibration:
+        cal_layers_n = config.calibration_layers if config.calibration_layers is not None else max(
+            1, round(dims.num_layers / 5))
+        cal_layers_n = min(cal_layers_n, dims.num_layers)
+        if n_tokens < 2 * dims.hidden_size:
+            raise PruneError(
+                f"linear calibration needs at least 2×hidden_size = {2 * dims.hidden_size} calibration tokens for "
+                f"its ridge solve, got {n_tokens}; raise --num-samples/--seq-len or pass --no-calibration"
+            )
+    cal_rank = config.calibration_rank or config.align
+    align = Alignment(ffn=config.align, v=config.v_align, rank=config.align)
+    run = _Run(weights=weights, config=hf_config, dims=dims, qkv_bias=adapter.qkv_bias, device=device,
+               cfg=config, ids=calibration_ids, progress=progress)
+
+    timings: dict[str, float] = {}
+    costs, cal_choice = None, []
+    if config.allocation == "adaptive" or cal_layers_n:
+        t = time.perf_counter()
+        uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
+        costs, predictability = run.measure_dense(ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n else 0)
+        timings["measure_s"] = time.perf_counter() - t
+        if cal_layers_n:
+            cal_choice = sorted(sorted(range(dims.num_layers), key=lambda i: -predictability[i])[:cal_layers_n])
+    specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation,
+                        costs=costs, qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice,
+                        calibration_rank=cal_rank, align=align)
+
+    out_config = dict(raw_config)
+    out_config["architectures"] = [ARCHITECTURE]
+    out_config.pop("quantization_config", None)
+    out_config["dtype"] = str(out_dtype).removeprefix("torch.")
+    out_config.pop("torch_dtype", None)
+    params_dense = count_parameters(None, dims, qkv_bias=adapter.qkv_bias)
+    spec = OlicaSpec(source_architecture=adapter.architecture, qkv_bias=adapter.qkv_bias, layers=specs)
+    params_pruned = count_parameters(spec, dims)
+    spec.sparsity = {"target": config.sparsity, "achieved": round(1 - params_pruned / params_dense, 5),
+                     "params_dense": params_dense, "params_pruned": params_pruned}
+    spec.calibration = {"dataset": config.dataset, "num_samples": int(calibration_ids.shape[0]),
+                        "seq_len": int(calibration_ids.shape[1]), "seed": config.seed}
+    out_config["olica"] = spec.to_dict()
+
+    t = time.perf_counter()
+    with CheckpointWriter(output, overwrite=overwrite) as writer:
+        for name in ("model.embed_tokens.weight", "model.norm.weight") + (
+                () if dims.tie_word_embeddings else ("lm_head.weight",)):
+            writer.add(name, weights.get(name).to(out_dtype))
+        layer_reports = run.prune_layers(specs, writer=writer, out_dtype=out_dtype)
+        timings["prune_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        report = {
+            "source": str(model),
+            "method": config.method,
+            "config": dataclasses.asdict(config),
+            "sparsity": spec.sparsity,
+            "calibration_layers": cal_choice,
+            "layers": layer_reports,
+            "timings": timings,
+            "peak_memory": _peak_memory(device),
+            "device": str(device),
+        }
+        writer.finish(config=out_config, report=report, copy_from=src)
+    return report
+
+
+def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> int:
+    """FFN width under a uniform plan: the proxy used to rate calibration."""
+    try:
+        specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
+                            qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
+                            calibration_rank=cal_rank, align=align, tolerance=0.05)
+    except Exception:
+        return max(align.ffn, int(dims.intermediate_size * (1 - config.sparsity)))
+    return specs[len(specs) // 2].intermediate_size
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    out = {"cpu_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device.type == "cuda":
+        out["cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+class _Run:
+    """State of one pruning run: the source, the calibration ids, the device."""
+
+    def __init__(self, *, weights: SourceWeights, config, dims: ModelDims, qkv_bias: bool, device: torch.device,
+                 cfg: PruneConfig, ids: torch.Tensor, progress: bool) -> None:
+        self.weights, self.config, self.dims, self.qkv_bias = weights, config, dims, qkv_bias
+        self.device, self.cfg, self.ids, self.progress = device, cfg, ids, progress
+        self.rope = rotary(config, device)
+        pos_ids = torch.arange(ids.shape[1], device=device)[None]
+        dummy = torch.zeros(1, device=device)
+        self.pos = self.rope(dummy, pos_ids)
+
+    # ------------------------------------------------------------ helpers
+    def _embed(self) -> list[torch.Tensor]:
+        emb = self.weights.get("model.embed_tokens.weight").to(self.device)
+        return [nn.functional.embedding(b.to(self.device), emb) for b in self.ids.split(self.cfg.batch_size)]
+
+    def _layer(self, i: int) -> nn.Module:
+        return read_dense_layer(self.weights, self.config, i, qkv_bias=self.qkv_bias, device=self.device)
+
+    def _bar(self, desc: str):
+        return tqdm(range(self.dims.num_layers), desc=desc, unit="layer", disable=not self.progress)
+
+    @torch.no_grad()
+    def _attn_stats(self, layer: nn.Module, hidden: list[torch.Tensor], *, want_ctx: bool):
+        """Second moment of the attention input (and of o_proj's input)."""
+        d = self.dims.hidden_size
+        cov = torch.zeros(d, d, dtype=torch.float64, device=self.device)
+        ctx_sq = torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64, device=self.device)
+        n = 0
+        hook = None
+        if want_ctx:
+            def grab(_mod, args):
+                nonlocal ctx_sq
+                ctx_sq += args[0].reshape(-1, args[0].shape[-1]).double().pow(2).sum(0)
+            hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
+        for h in hidden:
+            x = layer.input_layernorm(h).reshape(-1, d).double()
+            cov += x.T @ x
+            n += x.shape[0]
+            if want_ctx:
+                layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
+        if hook is not None:
+            hook.remove()
+        return cov / n, ctx_sq / n
+
+    def _attention(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        out, _ = layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
+        return out
+
+    # --------------------------------------------------------- dense pass
+    @torch.no_grad()
+    def measure_dense(self, *, ffn_keep: int, cal_rank: int) -> tuple[list[LayerCosts], list[float]]:
+        """Unit energies and FFN-residual predictability of every dense layer."""
+        hidden = self._embed()
+        costs, predict = [], []
+        for i in self._bar("measuring (dense pass)"):
+            layer = self._layer(i)
+            cov, _ = self._attn_stats(layer, hidden, want_ctx=False)
+            chol = damped_cholesky(cov)
+            vo = self._vo_bases(layer, chol, self.cfg.ond)
+            slot_energy = torch.stack([b.strength**2 for b in vo]).sum(0)  # [e], descending-ish
+            mid = [h + self._attention(layer, h) for h in hidden]
+            ffn = _FfnStats(layer.mlp, self.dims.hidden_size, self.device)
+            for h in mid:
+                ffn.add_h(layer.post_attention_layernorm(h))
+            energy = ffn.contribution_scores() ** 2
+            gain = 0.0
+            if cal_rank:
+                keep = torch.argsort(energy, descending=True)[:ffn_keep].sort().values
+                for h in mid:
+                    ffn.add_residual(layer.post_attention_layernorm(h), keep)
+                cal = ffn.fit(cal_rank, self.cfg.ridge)
+                gain = (cal.residual_energy - cal.remaining_energy) / ffn.n
+            hidden = [h + layer.mlp(layer.post_attention_layernorm(h)) for h in mid]
+            stream = float(sum(h.double().pow(2).sum() for h in hidden) / ffn.n)
+            costs.append(LayerCosts(ffn=energy.cpu(), vo=slot_energy.cpu(), stream=stream))
+            predict.append(gain / stream)
+            del layer
+        return costs, predict
+
+    def _vo_bases(self, layer: nn.Module, chol: torch.Tensor, method: str):
+        attn = layer.self_attn
+        e, g, h = self.dims.head_dim, self.dims.num_kv_heads, self.dims.num_heads
+        group = h // g
+        wv = attn.v_proj.weight.view(g, e, -1)
+        wo = attn.o_proj.weight.view(-1, h, e)  # [d, h, e]
+        bv = attn.v_proj.bias.view(g, e) if attn.v_proj.bias is not None else None
+        return [vo_basis(wv[j], [wo[:, j * group + q, :] for q in range(group)], chol, method,
+                         v_bias=bv[j] if bv is not None else None) for j in range(g)]
+
+    # --------------------------------------------------------- prune pass
+    @torch.no_grad()
+    def prune_layers(self, specs, *, writer: CheckpointWriter, out_dtype: torch.dtype) -> list[dict[str, Any]]:
+        hidden = self._embed()
+        reports = []
+        for i in self._bar(f"pruning ({self.cfg.method})"):
+            t0 = time.perf_counter()
+            layer = self._layer(i)
+            state, rep, hidden = self._prune_layer(i, layer, specs[i], hidden)
+            for name, tensor in state.items():
+                writer.add(f"model.layers.{i}.{name}", tensor.to(out_dtype))
+            rep.update(dataclasses.asdict(specs[i]))
+            rep["seconds"] = round(time.perf_counter() - t0, 3)
+            reports.append(rep)
+            del layer
+        return reports
+
+    def _prune_layer(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor]):
+        cfg, dims = self.cfg, self.dims
+        d, e, g, h = dims.hidden_size, dims.head_dim, dims.num_kv_heads, dims.num_heads
+        attn = layer.self_attn
+        cov, ctx_sq = self._attn_stats(layer, hidden, want_ctx=cfg.method != "olica")
+        chol = damped_cholesky(cov)
+        state: dict[str, torch.Tensor] = {
+            "input_layernorm.weight": layer.input_layernorm.weight,
+            "post_attention_layernorm.weight": layer.post_attention_layernorm.weight,
+        }
+        # ---- Q / K: activation-aware low rank
+        for name, rank in (("q_proj", spec.q_rank), ("k_proj", spec.k_rank)):
+            proj = getattr(attn, name)
+            if rank is None:
+                state[f"self_attn.{name}.weight"] = proj.weight
+                if proj.bias is not None:
+                    state[f"self_attn.{name}.bias"] = proj.bias
+            else:
+                lr = lowrank_factorize(proj.weight, chol, rank)
+                state[f"self_attn.{name}.lowrank_a.weight"] = lr.a.float()
+                state[f"self_attn.{name}.lowrank_b.weight"] = lr.b.float()
+                if proj.bias is not None:
+                    state[f"self_attn.{name}.lowrank_b.bias"] = proj.bias
+        # ---- V / O: OND (olica) or scored selection (baselines), shared per KV head
+        k = spec.v_head_dim
+        group = h // g
+        wv = attn.v_proj.weight.view(g, e, d)
+        wo = attn.o_proj.weight.view(d, h, e)
+        bv = attn.v_proj.bias.view(g, e) if attn.v_proj.bias is not None else None
+        if cfg.method == "olica":
+            bases = self._vo_bases(layer, chol, cfg.ond)
+        else:
+            bases = [_selection_basis(self._vo_scores(wv[j], wo[:, j * group:(j + 1) * group, :],
+                                                      cov.diagonal(), ctx_sq.view(h, e)[j * group:(j + 1) * group]))
+                     for j in range(g)]
+        new_v, new_b, new_o = [], [], [None] * h
+        for j in range(g):
+            blocks = [wo[:, j * group + q, :] for q in range(group)]
+            v_j, b_j, o_j = truncate_vo(bases[j], wv[j], blocks, k, v_bias=bv[j] if bv is not None else None)
+            new_v.append(v_j)
+            if b_j is not None:
+                new_b.append(b_j)
+            for q in range(group):
+                new_o[j * group + q] = o_j[q]
+        state["self_attn.v_proj.weight"] = torch.cat(new_v).float()
+        if new_b:
+            state["self_attn.v_proj.bias"] = torch.cat(new_b).float()
+        state["self_attn.o_proj.weight"] = torch.cat(new_o, dim=1).float()
+
+        # Build the pruned attention to calibrate the FFN on its output.
+        attn_spec = dataclasses.replace(spec, intermediate_size=dims.intermediate_size, calibration_rank=0)
+        dense_mlp = {f"mlp.{n}.weight": getattr(layer.mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")}
+        pruned_attn_layer = build_layer(self.config, i, attn_spec, {**state, **dense_mlp}, qkv_bias=self.qkv_bias,
+                                        device=self.device)
+        attn_err, attn_ref = 0.0, 0.0
+        mid = []
+        for hb in hidden:
+            ref = self._attention(layer, hb)
+            out = self._attention(pruned_attn_layer, hb)
+            attn_err += float((out - ref).double().pow(2).sum())
+            attn_ref += float(ref.double().pow(2).sum())
+            mid.append(hb + out)
+
+        # ---- FFN: neuron selection, then linear calibration of the residual
+        mlp = layer.mlp
+        ffn = _FfnStats(mlp, d, self.device)
+        for hb in mid:
+            ffn.add_h(layer.post_attention_layernorm(hb))
+        if cfg.method == "olica":
+            scores = ffn.contribution_scores()
+        elif cfg.method == "wanda-sp":
+            scores = ffn_wanda_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                                      ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
+        else:
+            scores = ffn_magnitude_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        keep = torch.argsort(scores, descending=True)[: spec.intermediate_size].sort().values
+        state["mlp.gate_proj.weight"] = mlp.gate_proj.weight[keep]
+        state["mlp.up_proj.weight"] = mlp.up_proj.weight[keep]
+        state["mlp.down_proj.weight"] = mlp.down_proj.weight[:, keep]
+        cal = None
+        if spec.calibration_rank:
+            for hb in mid:
+                ffn.add_residual(layer.post_attention_layernorm(hb), keep)
+            cal = ffn.fit(spec.calibration_rank, cfg.ridge)
+            state["mlp.calibration.lowrank_a.weight"] = cal.a.float()
+            state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
+        pruned = build_layer(self.config, i, spec, state, qkv_bias=self.qkv_bias, device=self.device)
+        ffn_err, ffn_ref, new_hidden = 0.0, 0.0, []
+        for hb in mid:
+            x = layer.post_attention_layernorm(hb)
+            ref = mlp(x)
+            out = pruned.mlp(x)
+            ffn_err += float((out - ref).double().pow(2).sum())
+            ffn_ref += float(ref.double().pow(2).sum())
+            new_hidden.append(hb + out)
+        rep = {
+            "layer": i,
+            "attn_rel_error": round(attn_err / max(attn_ref, 1e-30), 6),
+            "ffn_rel_error": round(ffn_err / max(ffn_ref, 1e-30), 6),
+        }
+        if cal is not None:
+            rep["calibration_explained"] = round(cal.explained, 4)
+        return {n: t.detach() for n, t in pruned.state_dict().items()}, rep, new_hidden
+
+    def _vo_scores(self, wv_j, wo_group, x_sq, ctx_sq_group):
+        """Baseline score of each value dim of one KV head: [e]."""
+        if self.cfg.method == "wanda-sp":
+            xn = x_sq.double().clamp_min(0).sqrt()
+            cn = ctx_sq_group.double().clamp_min(0).sqrt()  # [group, e]
+            return wv_j.double().abs() @ xn + (wo_group.double().abs().sum(0) * cn).sum(0)
+        return wv_j.double().abs().sum(1) + wo_group.double().abs().sum((0, 1))
+
+
+def _selection_basis(scores: torch.Tensor):
+    from .linalg import VOBasis
+
+    order = torch.argsort(scores, descending=True)
+    perm = torch.eye(scores.numel(), dtype=torch.float64, device=scores.device)[order]
+    return VOBasis(v_map=perm, o_map=perm.T, strength=scores[order])
+
+
+class _FfnStats:
+    """Running statistics of one FFN on calibration inputs."""
+
+    def __init__(self, mlp: nn.Module, d: int, device) -> None:
+        self.mlp = mlp
+        m = mlp.gate_proj.out_features
+        self.h_sq = torch.zeros(m, dtype=torch.float64, device=device)
+        self.x_sq = torch.zeros(d, dtype=torch.float64, device=device)
+        self.xtx = torch.zeros(d, d, dtype=torch.float64, device=device)
+        self.xte = torch.zeros(d, d, dtype=torch.float64, device=device)
+        self.ete = torch.zeros(d, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def _h(self, x):
+        return self.mlp.act_fn(self.mlp.gate_proj(x)) * self.mlp.up_proj(x)
+
+    def add_h(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        self.h_sq += self._h(x).double().pow(2).sum(0)
+        self.x_sq += x.double().pow(2).sum(0)
+        self.n += x.shape[0]
+
+    def contribution_scores(self) -> torch.Tensor:
+        return ffn_contribution_scores(self.h_sq / self.n, self.mlp.down_proj.weight)
+
+    def add_residual(self, x: torch.Tensor, keep: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        h = self._h(x)
+        w = self.mlp.down_proj.weight
+        dropped = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
+        dropped[keep] = False
+        resid = (h[:, dropped] @ w[:, dropped].T).double()  # f(x) - f̂(x): the dropped neurons' output
+        xd = x.double()
+        self.xtx += xd.T @ xd
+        self.xte += xd.T @ resid
+        self.ete += resid.pow(2).sum(0)
+
+    def fit(self, rank: int, ridge: float):
+        cal = fit_calibration(self.xtx, self.xte, self.ete, rank, ridge=ridge)
+        self.xtx.zero_(), self.xte.zero_(), self.ete.zero_()
+        return cal
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    sp = report["sparsity"]
+    mem = report["peak_memory"]
+    mem_s = ", ".join(f"{k.replace('_gib', '')} {v:.2f} GiB" for k, v in mem.items())
+    return (f"{report['method']}: sparsity {sp['achieved'] * 100:.2f}% (target {sp['target'] * 100:.1f}%), "
+            f"params {sp['params_dense']:,} -> {sp['params_pruned']:,}, "
+            f"time {report['timings']['total_s']:.1f} s, peak memory {mem_s}")
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "olica_report.json").read_text())
+
+
+__all__ = ["PruneConfig", "PruneError", "prune", "summary_line", "load_report", "math"]
