@@ -49,8 +49,14 @@ ADAPTERS = {
 }
 
 
+MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def adapter_for(config: Any) -> FamilyAdapter:
-    archs = (config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)) or []
+    get = config.get if isinstance(config, dict) else (lambda k, default=None: getattr(config, k, default))
+    archs = get("architectures") or []
+    if not archs and get("model_type") in MODEL_TYPES:
+        archs = [MODEL_TYPES[get("model_type")]]  # e.g. configs converted from GGUF
     for arch in archs:
         if arch in ADAPTERS:
             adapter = ADAPTERS[arch]

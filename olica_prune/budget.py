@@ -88,7 +88,9 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     if to_remove > max_removable:
         raise BudgetError(
             f"sparsity {sparsity:.3f} needs removing {to_remove:,.0f} parameters but the FFN and V/O widths can give "
-            f"at most {max_removable:,.0f} (embeddings are not pruned); choose a lower sparsity"
+            f"at most {max_removable:,.0f} (embeddings are not pruned; each layer keeps at least {min_ffn} FFN "
+            f"neurons and {min_v} value dims at alignment {align.ffn}/{align.v}); choose a lower sparsity, or a "
+            "smaller --align for a small model"
         )
 
     if allocation == "uniform":

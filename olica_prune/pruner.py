@@ -105,9 +105,12 @@ def _device(name: str) -> torch.device:
 
 
 def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: bool = False,
-          progress: bool = True, calibration_ids: torch.Tensor | None = None) -> dict[str, Any]:
+          progress: bool = True, calibration_ids: torch.Tensor | None = None,
+          layer_specs: list | None = None) -> dict[str, Any]:
     """Prune ``model`` (dir, .gguf, hub id or alias) into an Olica checkpoint at ``output``.
 
+    ``calibration_ids`` (``[n, seq]``) replaces the dataset named in ``config``;
+    ``layer_specs`` (one ``LayerSpec`` per layer) replaces the budget planner.
     Returns the report also written to ``olica_report.json``.
     """
     from transformers import AutoTokenizer
@@ -149,19 +152,25 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 
     timings: dict[str, float] = {}
     costs, cal_choice = None, []
-    if config.allocation == "adaptive" or cal_layers_n:
+    if layer_specs is not None:
+        if len(layer_specs) != dims.num_layers:
+            raise PruneError(f"layer_specs has {len(layer_specs)} entries for {dims.num_layers} layers")
+        cal_layers_n = 0
+    if layer_specs is None and (config.allocation == "adaptive" or cal_layers_n):
         t = time.perf_counter()
         uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
         costs, predictability = run.measure_dense(ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n else 0)
         timings["measure_s"] = time.perf_counter() - t
         if cal_layers_n:
             cal_choice = sorted(sorted(range(dims.num_layers), key=lambda i: -predictability[i])[:cal_layers_n])
-    specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation,
+    specs = list(layer_specs) if layer_specs is not None else plan_widths(dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation,
                         costs=costs, qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice,
                         calibration_rank=cal_rank, align=align)
+    cal_choice = [i for i, s in enumerate(specs) if s.calibration_rank]
 
     out_config = dict(raw_config)
     out_config["architectures"] = [ARCHITECTURE]
+    out_config.setdefault("model_type", hf_config.model_type)
     out_config.pop("quantization_config", None)
     out_config["dtype"] = str(out_dtype).removeprefix("torch.")
     out_config.pop("torch_dtype", None)
@@ -200,7 +209,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> int:
     """FFN width under a uniform plan: the proxy used to rate calibration."""
     try:
-        specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
+        specs = list(layer_specs) if layer_specs is not None else plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
                             qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
                             calibration_rank=cal_rank, align=align, tolerance=0.05)
     except Exception:

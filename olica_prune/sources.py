@@ -104,6 +104,7 @@ def _gguf_to_hf_dir(gguf: Path, *, name: str, dtype: str) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = name
+        model.config.architectures = [type(model).__name__]
         # save_pretrained refuses models loaded through the GGUF quantizer,
         # so the (already dequantized) tensors are written directly.
         from safetensors.torch import save_file
