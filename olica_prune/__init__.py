@@ -1,0 +1,30 @@
+"""Olica: structured pruning of LLaMA-family LLMs without retraining.
+
+    from olica_prune import prune, PruneConfig
+    prune("smollm2-135m", output="out/", config=PruneConfig(sparsity=0.2))
+
+    from olica_prune import OlicaForCausalLM
+    model = OlicaForCausalLM.from_pretrained("out/")
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "pruner",
+    "PruneConfig": "pruner",
+    "OlicaForCausalLM": "modeling",
+    "load_causal_lm": "modeling",
+    "OlicaSpec": "contract",
+    "LayerSpec": "contract",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = list(_LAZY)

@@ -61,6 +61,7 @@ class PruneConfig:
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
     ridge: float = 1e-3
+    refit_down: bool = False  # least-squares down_proj over the kept FFN neurons
     align: int = 32
     v_align: int = 8
     dataset: str = "pydoc"
@@ -277,31 +278,43 @@ class _Run:
     # --------------------------------------------------------- dense pass
     @torch.no_grad()
     def measure_dense(self, *, ffn_keep: int, cal_rank: int) -> tuple[list[LayerCosts], list[float]]:
-        """Unit energies and FFN-residual predictability of every dense layer."""
+        """Unit energies and FFN-residual predictability of every dense layer.
+
+        Every token's contribution is measured relative to the residual stream
+        it is added to (weight ``1/‖h_t‖²``): the next RMSNorm sees the change
+        in that proportion. A plain mean would be dominated by the few tokens
+        with massive activations and make middle layers look unimportant.
+        """
+        d = self.dims.hidden_size
         hidden = self._embed()
         costs, predict = [], []
         for i in self._bar("measuring (dense pass)"):
             layer = self._layer(i)
-            cov, _ = self._attn_stats(layer, hidden, want_ctx=False)
-            chol = damped_cholesky(cov)
+            cov = torch.zeros(d, d, dtype=torch.float64, device=self.device)
+            n = 0
+            for h in hidden:
+                x = layer.input_layernorm(h).reshape(-1, d).double()
+                w = _token_weights(h)
+                cov += (x * w[:, None]).T @ x
+                n += x.shape[0]
+            chol = damped_cholesky(cov / n)
             vo = self._vo_bases(layer, chol, self.cfg.ond)
-            slot_energy = torch.stack([b.strength**2 for b in vo]).sum(0)  # [e], descending-ish
+            slot_energy = torch.stack([b.strength**2 for b in vo]).sum(0)  # [e]
             mid = [h + self._attention(layer, h) for h in hidden]
-            ffn = _FfnStats(layer.mlp, self.dims.hidden_size, self.device)
+            ffn = _FfnStats(layer.mlp, d, self.device)
             for h in mid:
-                ffn.add_h(layer.post_attention_layernorm(h))
+                ffn.add_h(layer.post_attention_layernorm(h), weights=_token_weights(h))
             energy = ffn.contribution_scores() ** 2
             gain = 0.0
             if cal_rank:
                 keep = torch.argsort(energy, descending=True)[:ffn_keep].sort().values
                 for h in mid:
-                    ffn.add_residual(layer.post_attention_layernorm(h), keep)
+                    ffn.add_residual(layer.post_attention_layernorm(h), keep, weights=_token_weights(h))
                 cal = ffn.fit(cal_rank, self.cfg.ridge)
                 gain = (cal.residual_energy - cal.remaining_energy) / ffn.n
             hidden = [h + layer.mlp(layer.post_attention_layernorm(h)) for h in mid]
-            stream = float(sum(h.double().pow(2).sum() for h in hidden) / ffn.n)
-            costs.append(LayerCosts(ffn=energy.cpu(), vo=slot_energy.cpu(), stream=stream))
-            predict.append(gain / stream)
+            costs.append(LayerCosts(ffn=energy.cpu(), vo=slot_energy.cpu(), stream=1.0))
+            predict.append(gain)
             del layer
         return costs, predict
 
@@ -411,10 +424,12 @@ class _Run:
         state["mlp.gate_proj.weight"] = mlp.gate_proj.weight[keep]
         state["mlp.up_proj.weight"] = mlp.up_proj.weight[keep]
         state["mlp.down_proj.weight"] = mlp.down_proj.weight[:, keep]
+        if cfg.refit_down:
+            state["mlp.down_proj.weight"] = self._refit_down(layer, mid, keep).float()
         cal = None
         if spec.calibration_rank:
             for hb in mid:
-                ffn.add_residual(layer.post_attention_layernorm(hb), keep)
+                ffn.add_residual(layer.post_attention_layernorm(hb), keep, down=state["mlp.down_proj.weight"])
             cal = ffn.fit(spec.calibration_rank, cfg.ridge)
             state["mlp.calibration.lowrank_a.weight"] = cal.a.float()
             state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
@@ -436,6 +451,22 @@ class _Run:
             rep["calibration_explained"] = round(cal.explained, 4)
         return {n: t.detach() for n, t in pruned.state_dict().items()}, rep, new_hidden
 
+    def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """Least-squares ``down_proj`` over the kept neurons: min E‖W' h_keep − f(x)‖² (ridge-damped)."""
+        mlp = layer.mlp
+        k = keep.numel()
+        gram = torch.zeros(k, k, dtype=torch.float64, device=self.device)
+        cross = torch.zeros(k, self.dims.hidden_size, dtype=torch.float64, device=self.device)
+        for hb in mid:
+            x = layer.post_attention_layernorm(hb).reshape(-1, self.dims.hidden_size)
+            h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+            hk = h[:, keep]
+            gram += (hk.T @ hk).double()
+            cross += (hk.T @ mlp.down_proj(h)).double()
+        lam = self.cfg.ridge * gram.diagonal().mean().clamp_min(1e-30)
+        eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+        return torch.linalg.solve(gram + lam * eye, cross).T  # [d, k]
+
     def _vo_scores(self, wv_j, wo_group, x_sq, ctx_sq_group):
         """Baseline score of each value dim of one KV head: [e]."""
         if self.cfg.method == "wanda-sp":
@@ -451,6 +482,12 @@ def _selection_basis(scores: torch.Tensor):
     order = torch.argsort(scores, descending=True)
     perm = torch.eye(scores.numel(), dtype=torch.float64, device=scores.device)[order]
     return VOBasis(v_map=perm, o_map=perm.T, strength=scores[order])
+
+
+def _token_weights(h: torch.Tensor) -> torch.Tensor:
+    """1/‖h_t‖² per token of a residual-stream batch [B, S, d] -> [B·S], mean 1/d-ish."""
+    sq = h.reshape(-1, h.shape[-1]).double().pow(2).sum(-1)
+    return 1.0 / sq.clamp_min(1e-12)
 
 
 class _FfnStats:
@@ -469,23 +506,33 @@ class _FfnStats:
     def _h(self, x):
         return self.mlp.act_fn(self.mlp.gate_proj(x)) * self.mlp.up_proj(x)
 
-    def add_h(self, x: torch.Tensor) -> None:
+    def add_h(self, x: torch.Tensor, *, weights: torch.Tensor | None = None) -> None:
         x = x.reshape(-1, x.shape[-1])
-        self.h_sq += self._h(x).double().pow(2).sum(0)
+        h_sq = self._h(x).double().pow(2)
+        self.h_sq += (h_sq * weights[:, None]).sum(0) if weights is not None else h_sq.sum(0)
         self.x_sq += x.double().pow(2).sum(0)
         self.n += x.shape[0]
 
     def contribution_scores(self) -> torch.Tensor:
         return ffn_contribution_scores(self.h_sq / self.n, self.mlp.down_proj.weight)
 
-    def add_residual(self, x: torch.Tensor, keep: torch.Tensor) -> None:
+    def add_residual(self, x: torch.Tensor, keep: torch.Tensor, *, weights: torch.Tensor | None = None,
+                     down: torch.Tensor | None = None) -> None:
+        """Accumulate the ridge statistics of ``e = f(x) − f̂(x)``; ``f̂`` keeps the
+        neurons ``keep`` with ``down`` as its down projection (default: the original columns)."""
         x = x.reshape(-1, x.shape[-1])
         h = self._h(x)
         w = self.mlp.down_proj.weight
-        dropped = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
-        dropped[keep] = False
-        resid = (h[:, dropped] @ w[:, dropped].T).double()  # f(x) - f̂(x): the dropped neurons' output
+        if down is None:
+            dropped = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
+            dropped[keep] = False
+            resid = (h[:, dropped] @ w[:, dropped].T).double()  # the dropped neurons' output
+        else:
+            resid = (h @ w.T - h[:, keep] @ down.to(h.dtype).T).double()
         xd = x.double()
+        if weights is not None:
+            root = weights.sqrt()[:, None]
+            xd, resid = xd * root, resid * root
         self.xtx += xd.T @ xd
         self.xte += xd.T @ resid
         self.ete += resid.pow(2).sum(0)

