@@ -1,0 +1,71 @@
+"""Olica for vLLM: serve Olica checkpoints with stock ``vllm serve``.
+
+Installing the package registers the entry point ``vllm.general_plugins`` ->
+``olica = "olica_serve:register"``; vLLM calls :func:`register` in every
+process it starts (API server, engine core, workers), so it must be cheap,
+idempotent and must not import torch model code: the model class is named as
+a ``"module:Class"`` string and imported lazily by vLLM when a checkpoint
+with ``architectures: ["OlicaForCausalLM"]`` is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+ARCHITECTURE = "OlicaForCausalLM"
+MODEL_CLASS = "olica_serve.model:OlicaForCausalLM"
+
+logger = logging.getLogger(__name__)
+
+
+def register() -> bool:
+    """Register ``OlicaForCausalLM`` with vLLM's model registry.
+
+    Safe to call any number of times. Returns True when the architecture is
+    registered, False (with a log line saying why) when vLLM is not installed.
+    """
+    try:
+        from vllm import ModelRegistry
+    except ImportError as exc:
+        logger.info("olica_serve: vLLM is not importable (%s); OlicaForCausalLM not registered", exc)
+        return False
+    # Re-registering would only overwrite the entry with the same lazy class,
+    # but vLLM logs each overwrite; skip when it is already there.
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    _register_config_check()
+    return True
+
+
+def _register_config_check() -> None:
+    # vLLM runs a per-architecture config hook (MODELS_CONFIG_MAP) while it
+    # builds its config in the front-end process, before any engine process
+    # starts. Hooking the olica block check in there turns a bad checkpoint
+    # into an immediate error for `vllm serve` / `LLM(...)` instead of a
+    # failure buried in an engine-core log. The map is internal to vLLM, so
+    # this is best effort: the model class runs the same checks anyway.
+    try:
+        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+    except ImportError:
+        return
+    if ARCHITECTURE not in MODELS_CONFIG_MAP:
+        MODELS_CONFIG_MAP[ARCHITECTURE] = type(
+            "OlicaConfigCheck", (), {"verify_and_update_config": staticmethod(check_vllm_config),
+                                     "verify_and_update_model_config": staticmethod(lambda model_config: None)}
+        )
+
+
+def check_vllm_config(vllm_config) -> None:
+    """Validate the olica block and the tensor-parallel size of a vLLM config.
+
+    Raises ``olica_prune.contract.OlicaCheckpointError`` with the contract's
+    message (missing block, unknown format_version, a width TP cannot split).
+    """
+    from olica_prune.contract import ModelDims, OlicaSpec, check_tensor_parallel
+
+    hf_config = vllm_config.model_config.hf_config
+    spec = OlicaSpec.from_config(hf_config)
+    check_tensor_parallel(spec, ModelDims.from_config(hf_config), vllm_config.parallel_config.tensor_parallel_size)
+
+
+__all__ = ["register", "ARCHITECTURE", "MODEL_CLASS"]
