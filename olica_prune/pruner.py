@@ -62,6 +62,7 @@ class PruneConfig:
     calibration_rank: int | None = None  # default: the rank alignment
     ridge: float = 1e-3
     refit_down: bool = False  # least-squares down_proj over the kept FFN neurons
+    token_weighting: bool = True  # olica: weigh tokens by 1/‖residual stream‖² in every fit
     align: int = 32
     v_align: int = 8
     dataset: str = "pydoc"
@@ -249,8 +250,9 @@ class _Run:
         return tqdm(range(self.dims.num_layers), desc=desc, unit="layer", disable=not self.progress)
 
     @torch.no_grad()
-    def _attn_stats(self, layer: nn.Module, hidden: list[torch.Tensor], *, want_ctx: bool):
-        """Second moment of the attention input (and of o_proj's input)."""
+    def _attn_stats(self, layer: nn.Module, hidden: list[torch.Tensor], *, want_ctx: bool, weighted: bool):
+        """Second moment of the attention input (and of o_proj's input); with
+        ``weighted``, each token counts relative to its residual stream (1/‖h_t‖²)."""
         d = self.dims.hidden_size
         cov = torch.zeros(d, d, dtype=torch.float64, device=self.device)
         ctx_sq = torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64, device=self.device)
@@ -263,7 +265,7 @@ class _Run:
             hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
         for h in hidden:
             x = layer.input_layernorm(h).reshape(-1, d).double()
-            cov += x.T @ x
+            cov += ((x * _token_weights(h)[:, None]) if weighted else x).T @ x
             n += x.shape[0]
             if want_ctx:
                 layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
@@ -299,7 +301,8 @@ class _Run:
                 n += x.shape[0]
             chol = damped_cholesky(cov / n)
             vo = self._vo_bases(layer, chol, self.cfg.ond)
-            slot_energy = torch.stack([b.strength**2 for b in vo]).sum(0)  # [e]
+            ctx_cov = self._context_covariance(layer, hidden)
+            slot_energy = self._slot_energy(layer, vo, ctx_cov)  # [e]
             mid = [h + self._attention(layer, h) for h in hidden]
             ffn = _FfnStats(layer.mlp, d, self.device)
             for h in mid:
@@ -317,6 +320,46 @@ class _Run:
             predict.append(gain)
             del layer
         return costs, predict
+
+    def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Token-weighted second moment of each head's attention output (o_proj's
+        input), ``[h, e, e]``: what the value directions actually carry after the
+        softmax has mixed them."""
+        h, e = self.dims.num_heads, self.dims.head_dim
+        acc = torch.zeros(h, e, e, dtype=torch.float64, device=self.device)
+        weights: list[torch.Tensor] = []
+
+        def grab(_mod, args):
+            ctx = args[0].reshape(-1, h, e).double()  # [T, h, e]
+            w = weights[-1][:, None, None]
+            acc.add_(torch.einsum("thi,thj->hij", ctx * w, ctx))
+
+        hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
+        try:
+            for hb in hidden:
+                weights.append(_token_weights(hb))
+                self._attention(layer, hb)
+        finally:
+            hook.remove()
+        return acc / sum(w.numel() for w in weights)
+
+    def _slot_energy(self, layer: nn.Module, bases, ctx_cov: torch.Tensor) -> torch.Tensor:
+        """Energy of the t-th strongest value direction summed over KV heads: ``[e]``.
+
+        Direction t of KV head j adds ``W_o^(i) o_map[:, t] · (v_map[t] · ctx_i)``
+        to the output of each query head i of the group."""
+        e, g, h = self.dims.head_dim, self.dims.num_kv_heads, self.dims.num_heads
+        group = h // g
+        wo = layer.self_attn.o_proj.weight.double().view(-1, h, e)
+        total = torch.zeros(e, dtype=torch.float64, device=self.device)
+        for j, basis in enumerate(bases):
+            v_map, o_map = basis.v_map.to(self.device), basis.o_map.to(self.device)
+            for q in range(group):
+                i = j * group + q
+                out_norm = torch.linalg.vector_norm(wo[:, i, :] @ o_map, dim=0) ** 2  # [e]
+                ctx_energy = torch.einsum("ti,ij,tj->t", v_map, ctx_cov[i], v_map)  # [e]
+                total += out_norm * ctx_energy
+        return total
 
     def _vo_bases(self, layer: nn.Module, chol: torch.Tensor, method: str):
         attn = layer.self_attn
@@ -349,7 +392,8 @@ class _Run:
         cfg, dims = self.cfg, self.dims
         d, e, g, h = dims.hidden_size, dims.head_dim, dims.num_kv_heads, dims.num_heads
         attn = layer.self_attn
-        cov, ctx_sq = self._attn_stats(layer, hidden, want_ctx=cfg.method != "olica")
+        weighted = cfg.method == "olica" and cfg.token_weighting
+        cov, ctx_sq = self._attn_stats(layer, hidden, want_ctx=cfg.method != "olica", weighted=weighted)
         chol = damped_cholesky(cov)
         state: dict[str, torch.Tensor] = {
             "input_layernorm.weight": layer.input_layernorm.weight,
@@ -404,15 +448,16 @@ class _Run:
         for hb in hidden:
             ref = self._attention(layer, hb)
             out = self._attention(pruned_attn_layer, hb)
-            attn_err += float((out - ref).double().pow(2).sum())
-            attn_ref += float(ref.double().pow(2).sum())
+            w = _token_weights(hb)
+            attn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
+            attn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             mid.append(hb + out)
 
         # ---- FFN: neuron selection, then linear calibration of the residual
         mlp = layer.mlp
         ffn = _FfnStats(mlp, d, self.device)
         for hb in mid:
-            ffn.add_h(layer.post_attention_layernorm(hb))
+            ffn.add_h(layer.post_attention_layernorm(hb), weights=_token_weights(hb) if weighted else None)
         if cfg.method == "olica":
             scores = ffn.contribution_scores()
         elif cfg.method == "wanda-sp":
@@ -425,11 +470,12 @@ class _Run:
         state["mlp.up_proj.weight"] = mlp.up_proj.weight[keep]
         state["mlp.down_proj.weight"] = mlp.down_proj.weight[:, keep]
         if cfg.refit_down:
-            state["mlp.down_proj.weight"] = self._refit_down(layer, mid, keep).float()
+            state["mlp.down_proj.weight"] = self._refit_down(layer, mid, keep, weighted=weighted).float()
         cal = None
         if spec.calibration_rank:
             for hb in mid:
-                ffn.add_residual(layer.post_attention_layernorm(hb), keep, down=state["mlp.down_proj.weight"])
+                ffn.add_residual(layer.post_attention_layernorm(hb), keep, down=state["mlp.down_proj.weight"],
+                                 weights=_token_weights(hb) if weighted else None)
             cal = ffn.fit(spec.calibration_rank, cfg.ridge)
             state["mlp.calibration.lowrank_a.weight"] = cal.a.float()
             state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
@@ -439,8 +485,9 @@ class _Run:
             x = layer.post_attention_layernorm(hb)
             ref = mlp(x)
             out = pruned.mlp(x)
-            ffn_err += float((out - ref).double().pow(2).sum())
-            ffn_ref += float(ref.double().pow(2).sum())
+            w = _token_weights(hb)
+            ffn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
+            ffn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             new_hidden.append(hb + out)
         rep = {
             "layer": i,
@@ -451,7 +498,8 @@ class _Run:
             rep["calibration_explained"] = round(cal.explained, 4)
         return {n: t.detach() for n, t in pruned.state_dict().items()}, rep, new_hidden
 
-    def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], keep: torch.Tensor, *,
+                    weighted: bool) -> torch.Tensor:
         """Least-squares ``down_proj`` over the kept neurons: min E‖W' h_keep − f(x)‖² (ridge-damped)."""
         mlp = layer.mlp
         k = keep.numel()
@@ -461,8 +509,9 @@ class _Run:
             x = layer.post_attention_layernorm(hb).reshape(-1, self.dims.hidden_size)
             h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
             hk = h[:, keep]
-            gram += (hk.T @ hk).double()
-            cross += (hk.T @ mlp.down_proj(h)).double()
+            hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
+            gram += (hw.T @ hk).double()
+            cross += (hw.T @ mlp.down_proj(h)).double()
         lam = self.cfg.ridge * gram.diagonal().mean().clamp_min(1e-30)
         eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
         return torch.linalg.solve(gram + lam * eye, cross).T  # [d, k]

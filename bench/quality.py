@@ -1,0 +1,191 @@
+"""Quality of dense vs pruned models, side by side in one run.
+
+    python bench/quality.py                      # the full grid on smollm2-135m (long: ~1 h on 2 cores)
+    python bench/quality.py --sparsities 0.2 --methods wanda-sp olica
+
+For every sparsity and method: prune (same calibration windows for all),
+then perplexity on held-out text at each --seq-len (non-overlapping chunks)
+and top-1 next-token agreement with the dense model. Also the V/O ablation
+(fast OND, exact OND, separate SVDs) at --ablation-sparsity, and pruning time
+and peak memory per model size with --timing. Results go to
+bench/results/quality.json and a Markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from olica_prune.data import calibration_batches, eval_chunks  # noqa: E402
+from olica_prune.evaluate import perplexity, token_agreement  # noqa: E402
+from olica_prune.modeling import load_causal_lm  # noqa: E402
+from olica_prune.pruner import PruneConfig, prune  # noqa: E402
+from olica_prune.sources import resolve_model  # noqa: E402
+
+# name -> PruneConfig overrides
+METHODS = {
+    "magnitude": dict(method="magnitude"),
+    "wanda-sp": dict(method="wanda-sp"),
+    "olica-nocal": dict(method="olica", calibration=False),
+    "olica": dict(method="olica"),
+}
+ABLATION = {
+    "fast OND": dict(method="olica", ond="fast", calibration=False, allocation="uniform"),
+    "exact OND": dict(method="olica", ond="exact", calibration=False, allocation="uniform"),
+    "separate SVD": dict(method="olica", ond="separate", calibration=False, allocation="uniform"),
+    "no rotation": dict(method="olica", ond="none", calibration=False, allocation="uniform"),
+}
+
+
+def evaluate(path, dense_model, chunks_by_len: dict[int, torch.Tensor]) -> dict:
+    model = load_causal_lm(path)
+    out = {f"ppl_{n}": perplexity(model, c, progress=False) for n, c in chunks_by_len.items()}
+    if dense_model is not None:
+        first = min(chunks_by_len)
+        out["agreement"] = token_agreement(model, dense_model, chunks_by_len[first])
+    return out
+
+
+def timing_run(kind: str, workdir: Path, num_samples: int) -> dict:
+    """Prune a model of a given size in a subprocess; its own peak RSS is the number."""
+    code = f"""
+import json, resource, sys, time, torch
+sys.path.insert(0, {str(ROOT)!r})
+from olica_prune.pruner import PruneConfig, prune
+from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
+kind = {kind!r}
+if kind == "smollm2-135m":
+    src = "smollm2-135m"
+else:
+    shapes = dict(tiny=dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=256,
+                            num_layers=4, vocab_size=256),
+                  random_1b=dict(hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
+                                 intermediate_size=5632, num_layers=22, vocab_size=32000))[kind]
+    cfg = tiny_config(**shapes)
+    src = {str(workdir)!r} + "/src-" + kind
+    save_model_checkpoint(random_dense_model(cfg), src, overwrite=True)
+ids = torch.randint(0, 256, ({num_samples}, 128), generator=torch.Generator().manual_seed(0))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+rep = prune(src, output={str(workdir)!r} + "/out-" + kind, overwrite=True,
+            config=PruneConfig(sparsity=0.2, align=8 if kind == "tiny" else 32, v_align=4 if kind == "tiny" else 8),
+            calibration_ids=ids, progress=False)
+print(json.dumps(dict(seconds=time.perf_counter() - t, params=rep["sparsity"]["params_dense"],
+                      peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                      rss_before_prune_gib=before / 2**20, measure_s=rep["timings"].get("measure_s"),
+                      prune_s=rep["timings"]["prune_s"])))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode:
+        return {"error": res.stderr[-2000:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--max-chunks", type=int, default=None, help="cap evaluation chunks per seq-len")
+    ap.add_argument("--ablation-sparsity", type=float, default=0.2, help="0 to skip the V/O ablation")
+    ap.add_argument("--timing", nargs="*", default=None,
+                    help="prune-time/memory runs: tiny smollm2-135m random_1b (none by default)")
+    ap.add_argument("--timing-samples", type=int, default=128)
+    ap.add_argument("--num-samples", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+
+    from transformers import AutoTokenizer
+
+    src = resolve_model(args.model)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    calib = calibration_batches(tok, "pydoc", num_samples=args.num_samples, seq_len=128, seed=args.seed)
+    chunks = {n: eval_chunks(tok, "pydoc", seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
+    dense = load_causal_lm(src)
+    results = {"model": args.model, "eval_text": "pydoc held-out split", "calibration": "pydoc calibration split, "
+               f"{args.num_samples} x 128 tokens, seed {args.seed}",
+               "eval_tokens": {str(n): int(c.numel()) for n, c in chunks.items()}, "rows": [], "ablation": []}
+    t = time.perf_counter()
+    results["dense"] = evaluate(src, None, chunks)
+    print(f"dense: {results['dense']}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="olica-quality-"))
+
+    def run(name, overrides, sparsity):
+        out = work / f"{name.replace(' ', '_')}-{sparsity}"
+        t0 = time.perf_counter()
+        try:
+            rep = prune(str(src), output=out, overwrite=True, calibration_ids=calib, progress=False,
+                        config=PruneConfig(sparsity=sparsity, **overrides))
+        except Exception as exc:  # a method that cannot reach a sparsity is a result, not a crash
+            print(f"{name} @ {sparsity}: {type(exc).__name__}: {exc}", flush=True)
+            return {"method": name, "sparsity": sparsity, "error": str(exc)}
+        row = {"method": name, "sparsity": sparsity, "achieved": rep["sparsity"]["achieved"],
+               "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks)}
+        print(json.dumps(row), flush=True)
+        return row
+
+    for s in args.sparsities:
+        for name in args.methods:
+            results["rows"].append(run(name, METHODS[name], s))
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.ablation_sparsity:
+        for name, overrides in ABLATION.items():
+            results["ablation"].append(run(name, overrides, args.ablation_sparsity))
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.timing:
+        results["timing"] = {kind: timing_run(kind, work, args.timing_samples) for kind in args.timing}
+    results["bench_seconds"] = round(time.perf_counter() - t, 1)
+    results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lens = sorted(int(n) for n in results["eval_tokens"])
+    head = "| sparsity | method | " + " | ".join(f"PPL@{n}" for n in lens) + " | top-1 agreement |"
+    lines = [head, "|" + "---|" * (3 + len(lens))]
+    d = results["dense"]
+    lines.append("| 0 | dense | " + " | ".join(f"{d[f'ppl_{n}']:.2f}" for n in lens) + " | 1.000 |")
+    for r in results["rows"] + [dict(x, method=f"ablation: {x['method']}") for x in results["ablation"]]:
+        if "error" in r:
+            lines.append(f"| {r['sparsity']:.0%} | {r['method']} | " + " | ".join("—" for _ in lens) + " | — |")
+            continue
+        ppl = " | ".join(f"{r[f'ppl_{n}']:.2f}" for n in lens)
+        lines.append(f"| {r['achieved']:.1%} | {r['method']} | {ppl} | {r['agreement']:.3f} |")
+    out = "\n".join(lines)
+    base = {r["sparsity"]: r for r in results["rows"] if r.get("method") == "wanda-sp" and "error" not in r}
+    ours = {r["sparsity"]: r for r in results["rows"] if r.get("method") == "olica" and "error" not in r}
+    notes = []
+    for s in sorted(set(base) & set(ours)):
+        inc_o = ours[s]["ppl_128"] - d["ppl_128"]
+        inc_w = base[s]["ppl_128"] - d["ppl_128"]
+        notes.append(f"- at {s:.0%}: Olica's PPL@128 increase over dense is {inc_o / inc_w:.2f} x wanda-sp's")
+    if "timing" in results:
+        notes.append("\n| model | params | prune time (s) | peak RSS (GiB) |\n|---|---|---|---|")
+        for kind, t in results["timing"].items():
+            if "error" in t:
+                notes.append(f"| {kind} | — | failed | — |")
+            else:
+                notes.append(f"| {kind} | {t['params']:,} | {t['seconds']:.1f} | {t['peak_rss_gib']:.2f} |")
+    return out + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+if __name__ == "__main__":
+    main()
+    _ = math

@@ -1,0 +1,150 @@
+"""``olica demo``: the product end to end on the bundled model.
+
+1. prune SmolLM2-135M (the ``smollm2-135m`` alias) by 20 % into ``runs/``;
+2. start stock ``vllm serve`` on the checkpoint, on loopback;
+3. ask it a question through the official ``openai`` client and print the answer;
+4. measure output tokens/s of the pruned and the dense model through the same
+   server setup (concurrent requests, fixed lengths, ``ignore_eos``);
+5. shut every server down, also on Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(model_dir: str | Path, *, name: str, timeout: float = 600.0, extra_args: tuple[str, ...] = ()):
+    """Run ``vllm serve`` on 127.0.0.1 for the duration of the block; yields the base URL."""
+    vllm = shutil.which("vllm") or str(Path(sys.executable).with_name("vllm"))
+    port = _free_port()
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"vllm-{name}-", suffix=".log", delete=False)
+    cmd = [vllm, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", name,
+           "--max-model-len", "2048", "--enforce-eager", *extra_args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with code {proc.returncode}; log {log.name}:\n"
+                                   + _tail(log.name))
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vllm serve did not become healthy in {timeout:.0f} s; log {log.name}:\n"
+                                   + _tail(log.name))
+            time.sleep(1)
+        yield base + "/v1"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def _tail(path: str, n: int = 40) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+
+
+def served_throughput(base_url: str, model: str, *, requests: int, input_len: int, output_len: int) -> float:
+    """Output tokens/s for ``requests`` concurrent completions of fixed length."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="unused")
+    prompt = ("The quick brown fox jumps over the lazy dog. " * 64)[: input_len * 4]
+
+    def one(_):
+        r = client.completions.create(model=model, prompt=prompt, max_tokens=output_len, temperature=0.0,
+                                      extra_body={"ignore_eos": True})
+        return r.usage.completion_tokens
+
+    one(0)  # warm-up
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        tokens = sum(pool.map(one, range(requests)))
+    return tokens / (time.perf_counter() - t)
+
+
+def demo_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="olica demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--sparsity", type=float, default=0.2)
+    ap.add_argument("--output", default="runs/smollm2-135m-olica20")
+    ap.add_argument("--overwrite", action="store_true", help="prune again even if the checkpoint exists")
+    ap.add_argument("--question", default=QUESTION)
+    ap.add_argument("--requests", type=int, default=32, help="concurrent requests for the tokens/s comparison")
+    ap.add_argument("--input-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--no-throughput", action="store_true", help="skip the dense vs pruned tokens/s comparison")
+    args = ap.parse_args(argv)
+
+    from openai import OpenAI
+
+    from .modeling import is_olica_checkpoint
+    from .pruner import PruneConfig, prune, summary_line
+    from .sources import resolve_model
+
+    dense_dir = resolve_model(args.model)
+    out = Path(args.output)
+    if out.exists() and is_olica_checkpoint(out) and not args.overwrite:
+        print(f"[1/4] using the existing Olica checkpoint {out} (--overwrite to prune again)")
+    else:
+        print(f"[1/4] pruning {args.model} by {args.sparsity:.0%} -> {out}")
+        report = prune(args.model, output=out, config=PruneConfig(sparsity=args.sparsity),
+                       overwrite=args.overwrite or out.exists())
+        print("      " + summary_line(report))
+
+    print("[2/4] starting `vllm serve` on the pruned checkpoint (127.0.0.1)")
+    results = {}
+    with vllm_server(out, name="olica") as url:
+        client = OpenAI(base_url=url, api_key="unused")
+        print(f"[3/4] asking: {args.question}")
+        reply = client.chat.completions.create(model="olica", messages=[{"role": "user", "content": args.question}],
+                                               max_tokens=64, temperature=0.0)
+        print(f"      answer: {reply.choices[0].message.content.strip()}")
+        if not args.no_throughput:
+            results["pruned"] = served_throughput(url, "olica", requests=args.requests, input_len=args.input_len,
+                                                  output_len=args.output_len)
+    if not args.no_throughput:
+        print("[4/4] the same load on the dense model")
+        with vllm_server(dense_dir, name="dense") as url:
+            results["dense"] = served_throughput(url, "dense", requests=args.requests, input_len=args.input_len,
+                                                 output_len=args.output_len)
+        ratio = results["pruned"] / results["dense"]
+        print(f"      output tokens/s ({args.requests} concurrent requests, {args.output_len} tokens each): "
+              f"dense {results['dense']:.1f}, pruned {results['pruned']:.1f}  ({ratio:.2f}x)")
+        print("      (one run each: see bench/throughput.py for repeated, interleaved measurements)")
+    print("done: servers stopped")
+    return 0
