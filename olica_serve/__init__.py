@@ -56,16 +56,26 @@ def _register_config_check() -> None:
 
 
 def check_vllm_config(vllm_config) -> None:
-    """Validate the olica block and the tensor-parallel size of a vLLM config.
+    """Validate an Olica checkpoint against a vLLM config, before any engine starts.
 
-    Raises ``olica_prune.contract.OlicaCheckpointError`` with the contract's
-    message (missing block, unknown format_version, a width TP cannot split).
+    Checks the olica block (present, known format_version), that the
+    tensor-parallel size splits every width, and, for a local directory of
+    safetensors, every tensor shape (headers only, no data read). Raises
+    ``olica_prune.contract.OlicaCheckpointError`` with the contract's message.
     """
-    from olica_prune.contract import ModelDims, OlicaSpec, check_tensor_parallel
+    from pathlib import Path
+
+    from olica_prune.contract import ModelDims, OlicaSpec, check_checkpoint_tensors, check_tensor_parallel
 
     hf_config = vllm_config.model_config.hf_config
-    spec = OlicaSpec.from_config(hf_config)
-    check_tensor_parallel(spec, ModelDims.from_config(hf_config), vllm_config.parallel_config.tensor_parallel_size)
+    spec, dims = OlicaSpec.from_config(hf_config), ModelDims.from_config(hf_config)
+    check_tensor_parallel(spec, dims, vllm_config.parallel_config.tensor_parallel_size)
+    path = Path(vllm_config.model_config.model)
+    load_format = str(getattr(vllm_config.load_config, "load_format", "auto"))
+    if path.is_dir() and any(path.glob("*.safetensors")) and load_format in ("auto", "safetensors"):
+        from olica_prune.modeling import read_tensor_shapes
+
+        check_checkpoint_tensors(spec, dims, read_tensor_shapes(path))
 
 
 __all__ = ["register", "ARCHITECTURE", "MODEL_CLASS"]

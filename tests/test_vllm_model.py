@@ -293,16 +293,31 @@ def test_good_checkpoint_passes_the_checks(checkpoints):
         _load_through_model_checks(path)
 
 
+def _engine_config(path: Path, *, tp: int = 1):
+    """Build vLLM's config for ``path`` the way `vllm serve` / LLM() do, without starting an engine."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(model=str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
+                      max_model_len=128, tensor_parallel_size=tp).create_engine_config()
+
+
+def assert_refused(path: Path, message: str) -> None:
+    """Both the front end (config hook, before any engine process) and the model's weight loading refuse."""
+    # vLLM wraps the error raised in its config hook in a pydantic ValidationError (a ValueError).
+    with pytest.raises(ValueError, match=message):
+        _engine_config(path)
+    with pytest.raises(OlicaCheckpointError, match=message):
+        _load_through_model_checks(path)
+
+
 def test_tensor_shape_mismatch_is_named(checkpoints, tmp_path):
     name = "model.layers.1.self_attn.v_proj.weight"
 
     def shrink(state):
-        state[name] = state[name][:-8].contiguous()  # one KV head loses 8 rows: [2*16, 64] -> [24, 64]
+        state[name] = state[name][:-8].contiguous()  # [2 KV heads * 16, 64] -> [24, 64]
 
     bad = _edited_copy(checkpoints["llama-gqa"], tmp_path / "bad", tensors=shrink)
-    with pytest.raises(OlicaCheckpointError, match=rf"tensor {name} has shape \[24, 64\] but the olica block "
-                                                   r"implies \[32, 64\]"):
-        _load_through_model_checks(bad)
+    assert_refused(bad, rf"tensor {name} has shape \[24, 64\] but the olica block implies \[32, 64\]")
 
 
 def test_config_disagreeing_with_tensors_is_named(checkpoints, tmp_path):
@@ -310,16 +325,14 @@ def test_config_disagreeing_with_tensors_is_named(checkpoints, tmp_path):
         cfg["olica"]["layers"][2]["intermediate_size"] = 96  # tensors hold 64
 
     bad = _edited_copy(checkpoints["llama-gqa"], tmp_path / "bad", config=widen)
-    with pytest.raises(OlicaCheckpointError, match=r"tensor model\.layers\.2\.mlp\.\w+_proj\.weight has shape "
-                                                   r"\[64, 64\] but the olica block implies \[(96, 64|64, 96)\]"):
-        _load_through_model_checks(bad)
+    assert_refused(bad, r"tensor model\.layers\.2\.mlp\.\w+_proj\.weight has shape "
+                        r"\[64, 64\] but the olica block implies \[(96, 64|64, 96)\]")
 
 
 def test_missing_tensor_is_named(checkpoints, tmp_path):
     name = "model.layers.0.mlp.calibration.lowrank_b.weight"
     bad = _edited_copy(checkpoints["qwen2-bias-tied-mqa"], tmp_path / "bad", tensors=lambda s: s.pop(name))
-    with pytest.raises(OlicaCheckpointError, match=rf"tensor {name} with shape \[64, 32\] is missing"):
-        _load_through_model_checks(bad)
+    assert_refused(bad, rf"tensor {name} with shape \[64, 32\] is missing")
 
 
 def test_unknown_tensor_is_named(checkpoints, tmp_path):
@@ -327,16 +340,7 @@ def test_unknown_tensor_is_named(checkpoints, tmp_path):
         state["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(64)
 
     bad = _edited_copy(checkpoints["llama-gqa"], tmp_path / "bad", tensors=add)
-    with pytest.raises(OlicaCheckpointError, match=r"unexpected tensor model\.layers\.0\.self_attn\.o_proj\.bias"):
-        _load_through_model_checks(bad)
-
-
-def _engine_config(path: Path, *, tp: int = 1):
-    """Build vLLM's config for ``path`` the way `vllm serve` / LLM() do, without starting an engine."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    return EngineArgs(model=str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
-                      max_model_len=128, tensor_parallel_size=tp).create_engine_config()
+    assert_refused(bad, r"unexpected tensor model\.layers\.0\.self_attn\.o_proj\.bias with shape \[64\]")
 
 
 @pytest.mark.parametrize(
@@ -348,18 +352,8 @@ def _engine_config(path: Path, *, tp: int = 1):
     ],
     ids=["unknown-format-version", "missing-format-version", "missing-olica-block"],
 )
-def test_bad_olica_block_is_refused_before_the_engine_starts(checkpoints, tmp_path, edit, message):
-    bad = _edited_copy(checkpoints["llama-gqa"], tmp_path / "bad", config=edit)
-    # vLLM wraps the error raised in its config hook in a pydantic ValidationError.
-    with pytest.raises(ValueError, match=message):
-        _engine_config(bad)
-    # the model class applies the same check when built
-    from transformers import AutoConfig
-
-    from olica_prune.contract import OlicaSpec
-
-    with pytest.raises(OlicaCheckpointError, match=message):
-        OlicaSpec.from_config(AutoConfig.from_pretrained(bad))
+def test_bad_olica_block_is_refused(checkpoints, tmp_path, edit, message):
+    assert_refused(_edited_copy(checkpoints["llama-gqa"], tmp_path / "bad", config=edit), message)
 
 
 def test_tensor_parallel_not_dividing_a_width_is_named(checkpoints, tmp_path):
