@@ -119,11 +119,19 @@ def eval_main(argv: list[str]) -> int:
     """``olica eval ...``: parse ``argv`` (the words after "eval"), measure, print."""
     from .data import eval_chunks, split_label
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag in ("max_chunks", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
     progress = not (args.quiet or args.json)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
     t0 = time.perf_counter()
     model, tokenizer = _load(args.model, dtype=dtype, device=device)
@@ -141,7 +149,10 @@ def eval_main(argv: list[str]) -> int:
         "device": device,
     }
     if args.reference is not None:
-        ref_model, ref_tokenizer = _load(args.reference, dtype=dtype, device=device)
+        if args.reference == args.model:
+            ref_model, ref_tokenizer = model, tokenizer
+        else:
+            ref_model, ref_tokenizer = _load(args.reference, dtype=dtype, device=device)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             from .data import DataSourceError
 

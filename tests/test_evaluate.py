@@ -130,3 +130,9 @@ def test_eval_main_on_the_bundled_model(capsys):
     assert eval_main(["ppl", "smollm2-135m", "--seq-len", "128", "--max-chunks", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert math.isfinite(result["perplexity"]) and result["predicted_tokens"] == 4 * 127
+
+
+def test_eval_main_rejects_bad_counts(capsys):
+    with pytest.raises(SystemExit) as exc:
+        eval_main(["ppl", "smollm2-135m", "--max-chunks", "0"])
+    assert exc.value.code == 2 and "--max-chunks must be at least 1" in capsys.readouterr().err
