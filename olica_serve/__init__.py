@@ -27,7 +27,7 @@ def register() -> bool:
     try:
         from vllm import ModelRegistry
     except ImportError as exc:
-        logger.info("olica_serve: vLLM is not importable (%s); OlicaForCausalLM not registered", exc)
+        logger.warning("olica_serve: vLLM is not importable (%s); OlicaForCausalLM not registered", exc)
         return False
     # Re-registering would only overwrite the entry with the same lazy class,
     # but vLLM logs each overwrite; skip when it is already there.
@@ -48,11 +48,19 @@ def _register_config_check() -> None:
         from vllm.model_executor.models.config import MODELS_CONFIG_MAP
     except ImportError:
         return
-    if ARCHITECTURE not in MODELS_CONFIG_MAP:
-        MODELS_CONFIG_MAP[ARCHITECTURE] = type(
-            "OlicaConfigCheck", (), {"verify_and_update_config": staticmethod(check_vllm_config),
-                                     "verify_and_update_model_config": staticmethod(lambda model_config: None)}
-        )
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, _OlicaConfigCheck)
+
+
+class _OlicaConfigCheck:
+    """The interface of vLLM's ``VerifyAndUpdateConfig``, without importing it."""
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        check_vllm_config(vllm_config)
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        return None
 
 
 def check_vllm_config(vllm_config) -> None:

@@ -141,6 +141,8 @@ class MergedRowParallelLinear(RowParallelLinear):
         dst = param.data.narrow(1, sum(local[:shard_id]), local[shard_id])
         dst.copy_(loaded_weight.narrow(1, self.tp_rank * local[shard_id], local[shard_id]))
 
+    # RowParallelLinear hands weight_loader_v2 to unquantized weights; keep
+    # the v1 name pointing at the same code in case that choice changes.
     weight_loader = weight_loader_v2
 
 
@@ -176,15 +178,14 @@ class OlicaAttention(nn.Module):
             shards.append(OutputShard("k", g, e))
         shards.append(OutputShard("v", g, v))
         self.qkv_proj = FusedColumnParallelLinear(d, shards, bias=qkv_bias, prefix=f"{prefix}.qkv_proj")
-        self.split = dict(zip((s.name for s in shards), self.qkv_proj.local_sizes))
-        self.q_b_proj = (
-            FusedColumnParallelLinear(layer.q_rank, [OutputShard("q", h, e)], bias=qkv_bias, prefix=f"{prefix}.q_b_proj")
-            if layer.q_rank is not None else None
-        )
-        self.k_b_proj = (
-            FusedColumnParallelLinear(layer.k_rank, [OutputShard("k", g, e)], bias=qkv_bias, prefix=f"{prefix}.k_b_proj")
-            if layer.k_rank is not None else None
-        )
+        self.shard_names = [s.name for s in shards]
+        self.q_b_proj = self.k_b_proj = None
+        if layer.q_rank is not None:
+            self.q_b_proj = FusedColumnParallelLinear(layer.q_rank, [OutputShard("q", h, e)], bias=qkv_bias,
+                                                      prefix=f"{prefix}.q_b_proj")
+        if layer.k_rank is not None:
+            self.k_b_proj = FusedColumnParallelLinear(layer.k_rank, [OutputShard("k", g, e)], bias=qkv_bias,
+                                                      prefix=f"{prefix}.k_b_proj")
         self.o_proj = RowParallelLinear(h * v, d, bias=False, prefix=f"{prefix}.o_proj")
 
         self.rotary_emb = get_rope(
@@ -210,7 +211,7 @@ class OlicaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         fused = self.qkv_proj(hidden_states)
-        parts = dict(zip(self.split, fused.split(list(self.split.values()), dim=-1)))
+        parts = dict(zip(self.shard_names, fused.split(self.qkv_proj.local_sizes, dim=-1)))
         # q: [T, h*e]   k: [T, g*e]   v: [T, g*v_head_dim]   (this rank's heads)
         q = self.q_b_proj(parts["q_a"]) if self.q_b_proj is not None else parts["q"]
         k = self.k_b_proj(parts["k_a"]) if self.k_b_proj is not None else parts["k"]
