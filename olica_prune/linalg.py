@@ -88,8 +88,9 @@ class VOBasis:
     strength: torch.Tensor  # [e], descending for fast/exact
 
 
-def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tensor,
-             method: OndMethod = "fast", *, v_bias: torch.Tensor | None = None) -> VOBasis:
+def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tensor | None,
+             method: OndMethod = "fast", *, v_bias: torch.Tensor | None = None,
+             value_factor: torch.Tensor | None = None) -> VOBasis:
     """Basis for one KV head: ``w_v`` ``[e, d]``, ``w_o_group`` the ``[d, e]`` blocks
     of ``o_proj`` of every query head reading this KV head (GQA: all share it).
 
@@ -101,12 +102,20 @@ def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tenso
     - ``separate``: truncated SVDs of ``W_v L`` and ``W_o`` taken separately
       (the paper's Table 5 ablation); exact only at full width.
     - ``none``: no rotation; value dims ranked by their own product energy.
+
+    ``value_factor`` (``[e, e]``, ``F Fᵀ = E[ctx ctxᵀ]``) replaces ``W_v L`` by a
+    factor of what the heads actually read: the attention output (o_proj's
+    input), i.e. ``W_v`` applied to softmax-mixed inputs, instead of ``W_v``
+    applied to each token's own input.
     """
     e = w_v.shape[0]
     wv = w_v.double()
     wo = torch.cat([w.double() for w in w_o_group], dim=0)  # [G·d, e]
-    wvl = wv @ chol  # [e, d]
-    if v_bias is not None:
+    if value_factor is not None:
+        wvl = value_factor.double()
+    else:
+        wvl = wv @ chol  # [e, d]
+    if v_bias is not None and value_factor is None:
         # The bias is a constant input direction: append it so it is ranked too.
         wvl = torch.cat([wvl, v_bias.double()[:, None]], dim=1)
     eye = torch.eye(e, dtype=wv.dtype, device=wv.device)

@@ -62,7 +62,9 @@ class PruneConfig:
     calibration_rank: int | None = None  # default: the rank alignment
     ridge: float = 1e-3
     refit_down: bool = False  # least-squares down_proj over the kept FFN neurons
-    token_weighting: bool = True  # olica: weigh tokens by 1/‖residual stream‖² in every fit
+    token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
+    vo_stats: str = "context"  # V/O basis weighted by attention outputs (context) or value inputs (input)
+    ffn_score: str | None = None  # ablation: contribution | wanda | magnitude (default: the method's)
     align: int = 32
     v_align: int = 8
     dataset: str = "pydoc"
@@ -78,6 +80,8 @@ class PruneConfig:
             raise PruneError(f"sparsity must be in (0, 0.9], got {self.sparsity}")
         if self.method not in METHODS:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.vo_stats not in ("context", "input"):
+            raise PruneError(f"unknown vo_stats {self.vo_stats!r}; choose context or input")
         if self.ond not in ("fast", "exact", "separate", "none"):
             raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
         if self.method != "olica":
@@ -300,8 +304,9 @@ class _Run:
                 cov += (x * w[:, None]).T @ x
                 n += x.shape[0]
             chol = damped_cholesky(cov / n)
-            vo = self._vo_bases(layer, chol, self.cfg.ond)
-            ctx_cov = self._context_covariance(layer, hidden)
+            ctx_cov = self._context_covariance(layer, hidden, weighted=True)
+            vo = self._vo_bases(layer, chol, self.cfg.ond,
+                                ctx_cov if self.cfg.vo_stats == "context" else None)
             slot_energy = self._slot_energy(layer, vo, ctx_cov)  # [e]
             mid = [h + self._attention(layer, h) for h in hidden]
             ffn = _FfnStats(layer.mlp, d, self.device)
@@ -321,7 +326,7 @@ class _Run:
             del layer
         return costs, predict
 
-    def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor]) -> torch.Tensor:
+    def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool) -> torch.Tensor:
         """Token-weighted second moment of each head's attention output (o_proj's
         input), ``[h, e, e]``: what the value directions actually carry after the
         softmax has mixed them."""
@@ -337,7 +342,8 @@ class _Run:
         hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
         try:
             for hb in hidden:
-                weights.append(_token_weights(hb))
+                w = _token_weights(hb)
+                weights.append(w if weighted else torch.ones_like(w))
                 self._attention(layer, hb)
         finally:
             hook.remove()
@@ -361,15 +367,23 @@ class _Run:
                 total += out_norm * ctx_energy
         return total
 
-    def _vo_bases(self, layer: nn.Module, chol: torch.Tensor, method: str):
+    def _vo_bases(self, layer: nn.Module, chol: torch.Tensor, method: str, ctx_cov: torch.Tensor | None = None):
+        """One V/O basis per KV head. With ``ctx_cov`` (``[h, e, e]``) the value
+        space is weighted by what the group's query heads read after softmax."""
         attn = layer.self_attn
         e, g, h = self.dims.head_dim, self.dims.num_kv_heads, self.dims.num_heads
         group = h // g
         wv = attn.v_proj.weight.view(g, e, -1)
         wo = attn.o_proj.weight.view(-1, h, e)  # [d, h, e]
         bv = attn.v_proj.bias.view(g, e) if attn.v_proj.bias is not None else None
-        return [vo_basis(wv[j], [wo[:, j * group + q, :] for q in range(group)], chol, method,
-                         v_bias=bv[j] if bv is not None else None) for j in range(g)]
+        bases = []
+        for j in range(g):
+            factor = None
+            if ctx_cov is not None:
+                factor = damped_cholesky(ctx_cov[j * group:(j + 1) * group].sum(0))
+            bases.append(vo_basis(wv[j], [wo[:, j * group + q, :] for q in range(group)], chol, method,
+                                  v_bias=bv[j] if bv is not None else None, value_factor=factor))
+        return bases
 
     # --------------------------------------------------------- prune pass
     @torch.no_grad()
@@ -419,7 +433,8 @@ class _Run:
         wo = attn.o_proj.weight.view(d, h, e)
         bv = attn.v_proj.bias.view(g, e) if attn.v_proj.bias is not None else None
         if cfg.method == "olica":
-            bases = self._vo_bases(layer, chol, cfg.ond)
+            ctx_cov = self._context_covariance(layer, hidden, weighted=weighted) if cfg.vo_stats == "context" else None
+            bases = self._vo_bases(layer, chol, cfg.ond, ctx_cov)
         else:
             bases = [_selection_basis(self._vo_scores(wv[j], wo[:, j * group:(j + 1) * group, :],
                                                       cov.diagonal(), ctx_sq.view(h, e)[j * group:(j + 1) * group]))
@@ -458,9 +473,10 @@ class _Run:
         ffn = _FfnStats(mlp, d, self.device)
         for hb in mid:
             ffn.add_h(layer.post_attention_layernorm(hb), weights=_token_weights(hb) if weighted else None)
-        if cfg.method == "olica":
+        ffn_score = cfg.ffn_score or {"olica": "contribution", "wanda-sp": "wanda"}.get(cfg.method, "magnitude")
+        if ffn_score == "contribution":
             scores = ffn.contribution_scores()
-        elif cfg.method == "wanda-sp":
+        elif ffn_score == "wanda":
             scores = ffn_wanda_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
                                       ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
         else:
