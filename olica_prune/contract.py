@@ -236,21 +236,27 @@ def check_tensor_parallel(spec: OlicaSpec, dims: ModelDims, tp_size: int) -> Non
     """Refuse a tensor-parallel size that does not split every width evenly."""
     if tp_size <= 1:
         return
-    problems = []
+    heads = []
     if dims.num_heads % tp_size:
-        problems.append(f"num_attention_heads={dims.num_heads}")
+        heads.append(f"num_attention_heads={dims.num_heads}")
     # vLLM replicates KV heads when g < tp, so g only needs to divide or be divided.
     if dims.num_kv_heads % tp_size and tp_size % dims.num_kv_heads:
-        problems.append(f"num_key_value_heads={dims.num_kv_heads}")
+        heads.append(f"num_key_value_heads={dims.num_kv_heads}")
+    if heads:
+        raise OlicaCheckpointError(
+            f"tensor_parallel_size={tp_size} does not divide the model's {' and '.join(heads)}; "
+            "pruning keeps head counts, so choose a tensor-parallel size that divides them"
+        )
+    widths = []
     for i, layer in enumerate(spec.layers):
         for name in ("q_rank", "k_rank", "intermediate_size", "calibration_rank"):
             v = getattr(layer, name)
             if v and v % tp_size:
-                problems.append(f"layers[{i}].{name}={v}")
-    if problems:
+                widths.append(f"layers[{i}].{name}={v}")
+    if widths:
         raise OlicaCheckpointError(
-            f"tensor_parallel_size={tp_size} does not divide these widths: {', '.join(problems[:6])}"
-            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            f"tensor_parallel_size={tp_size} does not divide these widths: {', '.join(widths[:6])}"
+            + (f" (and {len(widths) - 6} more)" if len(widths) > 6 else "")
             + "; use a tensor-parallel size that divides them, or re-prune with --align set to a multiple of it"
         )
 
