@@ -203,8 +203,8 @@ def test_completion_matches_transformers(client, server, served_checkpoint):
     ref_lp = ref_lp_all[torch.arange(len(gen_ids)), torch.tensor(gen_ids)]
     # each served token is within a bf16-sized margin of the reference argmax
     gap = ref_lp_all.max(dim=-1).values - ref_lp
-    assert float(gap.max()) < 0.5, gap  # observed 0.0 (dense smollm2, 3 prompts)
-    assert float((served_lp - ref_lp).abs().max()) < 0.3, (served_lp, ref_lp)  # observed 0.10-0.12
+    assert float(gap.max()) < 0.5, gap  # observed 0.0-0.004 (dense, keep-all, 20 % pruned; 3 prompts)
+    assert float((served_lp - ref_lp).abs().max()) < 0.3, (served_lp, ref_lp)  # observed 0.07-0.12
 
 
 def test_chat_completion_uses_chat_template(client, server, served_checkpoint):
