@@ -35,34 +35,6 @@ PROMPT = "The capital of France is"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
-def make_served_checkpoint(tmpdir: str | Path) -> Path:
-    """The checkpoint under test: SmolLM2-135M as an Olica checkpoint.
-
-    For now every layer keeps its dense widths and the weights are copied
-    unchanged; this becomes the real 20 % prune once the pruner lands.
-    """
-    from safetensors import safe_open
-
-    from olica_prune.contract import ModelDims, count_parameters
-    from olica_prune.sources import resolve_model
-    from olica_prune.testing import olica_config_dict
-    from olica_prune.writer import CheckpointWriter
-
-    src = resolve_model("smollm2-135m")
-    cfg = json.loads((src / "config.json").read_text())
-    dims = ModelDims.from_config(cfg)
-    n = count_parameters(None, dims)
-    config = olica_config_dict(cfg, [dims.dense_layer()] * dims.num_layers,
-                               sparsity={"target": 0.0, "achieved": 0.0, "params_dense": n, "params_pruned": n})
-    with CheckpointWriter(Path(tmpdir) / "smollm2-135m-olica") as w:
-        for shard in sorted(src.glob("*.safetensors")):
-            with safe_open(str(shard), framework="pt") as f:
-                for name in f.keys():
-                    if not (name == "lm_head.weight" and dims.tie_word_embeddings):
-                        w.add(name, f.get_tensor(name))
-        return w.finish(config=config, copy_from=src)
-
-
 # --------------------------------------------------------------------------- server
 
 
@@ -125,11 +97,12 @@ class VllmServer:
 
 
 @pytest.fixture(scope="module")
-def served_checkpoint(tmp_path_factory) -> Path:
+def served_checkpoint(real_prunes) -> Path:
+    """The real SmolLM2-135M pruned 20 % by Olica (shared with test_real_model)."""
     override = os.environ.get("OLICA_TEST_CHECKPOINT")
     if override:
         return Path(override)
-    return make_served_checkpoint(tmp_path_factory.mktemp("served"))
+    return real_prunes.get("olica")
 
 
 @pytest.fixture(scope="module")
