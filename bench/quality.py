@@ -39,6 +39,7 @@ METHODS = {
     "magnitude": dict(method="magnitude"),
     "wanda-sp": dict(method="wanda-sp"),
     "olica-nocal": dict(method="olica", calibration=False),
+    "olica-adaptive": dict(method="olica", allocation="adaptive"),
     "olica": dict(method="olica"),
 }
 ABLATION = {
@@ -97,7 +98,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "olica-nocal", "olica"],
+                    choices=list(METHODS))
+    ap.add_argument("--extra-methods", nargs="*", default=["olica-adaptive"], choices=list(METHODS),
+                    help="methods run only at --ablation-sparsity")
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--max-chunks", type=int, default=None, help="cap evaluation chunks per seq-len")
     ap.add_argument("--ablation-sparsity", type=float, default=0.2, help="0 to skip the V/O ablation")
@@ -107,7 +111,11 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    ap.add_argument("--markdown-only", action="store_true", help="print the table of an existing --out file")
     args = ap.parse_args()
+    if args.markdown_only:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     torch.set_grad_enabled(False)
 
     from transformers import AutoTokenizer
@@ -144,6 +152,9 @@ def main() -> None:
             results["rows"].append(run(name, METHODS[name], s))
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if args.ablation_sparsity:
+        for name in args.extra_methods:
+            results["rows"].append(run(name, METHODS[name], args.ablation_sparsity))
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         for name, overrides in ABLATION.items():
             results["ablation"].append(run(name, overrides, args.ablation_sparsity))
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -158,10 +169,12 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lens = sorted(int(n) for n in results["eval_tokens"])
+    d = results.get("dense")
+    if d is None:
+        return "(no results yet)"
     head = "| sparsity | method | " + " | ".join(f"PPL@{n}" for n in lens) + " | top-1 agreement |"
     lines = [head, "|" + "---|" * (3 + len(lens))]
-    d = results["dense"]
-    lines.append("| 0 | dense | " + " | ".join(f"{d[f'ppl_{n}']:.2f}" for n in lens) + " | 1.000 |")
+    lines.append("| 0 % | dense | " + " | ".join(f"{d[f'ppl_{n}']:.2f}" for n in lens) + " | 1.000 |")
     for r in results["rows"] + [dict(x, method=f"ablation: {x['method']}") for x in results["ablation"]]:
         if "error" in r:
             lines.append(f"| {r['sparsity']:.0%} | {r['method']} | " + " | ".join("—" for _ in lens) + " | — |")

@@ -56,7 +56,7 @@ def qk_rank(out_features: int, in_features: int, sparsity: float, align: int) ->
 def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation: str,
                 costs: list[LayerCosts] | None, qk_sparsity: float, calibration_layers: list[int],
                 calibration_rank: int, align: Alignment, tolerance: float = 0.005,
-                min_keep: float = 0.1) -> list[LayerSpec]:
+                min_keep: float = 0.1, spare_layers: tuple[int, ...] = ()) -> list[LayerSpec]:
     """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense."""
     d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                         dims.intermediate_size, dims.num_layers)
@@ -93,10 +93,16 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
             "smaller --align for a small model"
         )
 
+    spared = {i % L for i in spare_layers} if L > 2 else set()
     if allocation == "uniform":
-        frac = to_remove / (L * (m * ffn_unit + e * vo_unit))
-        ffn_keep = [m - frac * m] * L
-        v_keep = [e - frac * e] * L
+        # Every layer but the spared ones loses the same fraction of its widths.
+        pruned = L - len(spared)
+        frac = to_remove / (pruned * (m * ffn_unit + e * vo_unit))
+        if frac > 1 - min_keep:
+            raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}; "
+                              "choose a lower sparsity")
+        ffn_keep = [m if i in spared else m - frac * m for i in range(L)]
+        v_keep = [e if i in spared else e - frac * e for i in range(L)]
     elif allocation == "adaptive":
         if costs is None:
             raise ValueError("adaptive allocation needs per-layer costs")
@@ -121,7 +127,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
             break  # close enough, or one chunk overshoots: keep the closer side
         last_sign = sign
         if excess > 0:
-            cands = [i for i in range(L) if ffn_w[i] - align.ffn >= min_ffn]
+            cands = [i for i in range(L) if ffn_w[i] - align.ffn >= min_ffn and i not in spared]
             if not cands:
                 break
             i = min(cands, key=lambda i: order_cost(i, ffn_w[i] - align.ffn) if order_cost else -ffn_w[i])

@@ -42,6 +42,7 @@ from .linalg import (
 from .writer import CheckpointWriter, check_output_path
 
 METHODS = ("olica", "magnitude", "wanda-sp")
+REPORT_BATCHES = 2  # batches on which per-layer errors are reported (token-relative)
 
 
 class PruneError(ValueError):
@@ -64,6 +65,7 @@ class PruneConfig:
     refit_down: bool = False  # least-squares down_proj over the kept FFN neurons
     token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
     vo_stats: str = "context"  # V/O basis weighted by attention outputs (context) or value inputs (input)
+    spare_ends: bool | None = None  # keep the first and last layer dense (olica default; models of >= 8 layers)
     ffn_score: str | None = None  # ablation: contribution | wanda | magnitude (default: the method's)
     align: int = 32
     v_align: int = 8
@@ -88,7 +90,11 @@ class PruneConfig:
             # Baselines: the same units, scored their way, nothing else.
             self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0
             self.allocation = self.allocation or "uniform"
-        self.allocation = self.allocation or "adaptive"
+            self.spare_ends = bool(self.spare_ends)
+        if self.spare_ends is None:
+            self.spare_ends = True
+        # Uniform won on SmolLM2-135M (bench/results/quality.json); adaptive stays an option.
+        self.allocation = self.allocation or "uniform"
         if self.allocation not in ("adaptive", "uniform"):
             raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive or uniform")
         if self.qk_sparsity is None:
@@ -168,10 +174,13 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         costs, predictability = run.measure_dense(ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n else 0)
         timings["measure_s"] = time.perf_counter() - t
         if cal_layers_n:
-            cal_choice = sorted(sorted(range(dims.num_layers), key=lambda i: -predictability[i])[:cal_layers_n])
-    specs = list(layer_specs) if layer_specs is not None else plan_widths(dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation,
-                        costs=costs, qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice,
-                        calibration_rank=cal_rank, align=align)
+            spared = {0, dims.num_layers - 1} if config.spare_ends and dims.num_layers >= 8 else set()
+            candidates = [i for i in range(dims.num_layers) if i not in spared]
+            cal_choice = sorted(sorted(candidates, key=lambda i: -predictability[i])[:cal_layers_n])
+    specs = list(layer_specs) if layer_specs is not None else plan_widths(
+        dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation, costs=costs,
+        qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
+        spare_layers=(0, -1) if config.spare_ends and dims.num_layers >= 8 else ())
     cal_choice = [i for i, s in enumerate(specs) if s.calibration_rank]
 
     out_config = dict(raw_config)
@@ -215,7 +224,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> int:
     """FFN width under a uniform plan: the proxy used to rate calibration."""
     try:
-        specs = list(layer_specs) if layer_specs is not None else plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
+        specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
                             qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
                             calibration_rank=cal_rank, align=align, tolerance=0.05)
     except Exception:
@@ -458,14 +467,16 @@ class _Run:
         dense_mlp = {f"mlp.{n}.weight": getattr(layer.mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")}
         pruned_attn_layer = build_layer(self.config, i, attn_spec, {**state, **dense_mlp}, qkv_bias=self.qkv_bias,
                                         device=self.device)
+        # The reported errors are measured on the first REPORT_BATCHES batches only.
         attn_err, attn_ref = 0.0, 0.0
         mid = []
-        for hb in hidden:
-            ref = self._attention(layer, hb)
+        for b, hb in enumerate(hidden):
             out = self._attention(pruned_attn_layer, hb)
-            w = _token_weights(hb)
-            attn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
-            attn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
+            if b < REPORT_BATCHES:
+                ref = self._attention(layer, hb)
+                w = _token_weights(hb)
+                attn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
+                attn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             mid.append(hb + out)
 
         # ---- FFN: neuron selection, then linear calibration of the residual
@@ -497,13 +508,14 @@ class _Run:
             state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
         pruned = build_layer(self.config, i, spec, state, qkv_bias=self.qkv_bias, device=self.device)
         ffn_err, ffn_ref, new_hidden = 0.0, 0.0, []
-        for hb in mid:
+        for b, hb in enumerate(mid):
             x = layer.post_attention_layernorm(hb)
-            ref = mlp(x)
             out = pruned.mlp(x)
-            w = _token_weights(hb)
-            ffn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
-            ffn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
+            if b < REPORT_BATCHES:
+                ref = mlp(x)
+                w = _token_weights(hb)
+                ffn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
+                ffn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             new_hidden.append(hb + out)
         rep = {
             "layer": i,
