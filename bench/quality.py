@@ -40,6 +40,7 @@ METHODS = {
     "wanda-sp": dict(method="wanda-sp"),
     "olica-nocal": dict(method="olica", calibration=False),
     "olica-adaptive": dict(method="olica", allocation="adaptive"),
+    "olica-norefit": dict(method="olica", refit_down=False),
     "olica": dict(method="olica"),
 }
 ABLATION = {
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "olica-nocal", "olica"],
                     choices=list(METHODS))
-    ap.add_argument("--extra-methods", nargs="*", default=["olica-adaptive"], choices=list(METHODS),
+    ap.add_argument("--extra-methods", nargs="*", default=["olica-norefit", "olica-adaptive"], choices=list(METHODS),
                     help="methods run only at --ablation-sparsity")
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--max-chunks", type=int, default=None, help="cap evaluation chunks per seq-len")

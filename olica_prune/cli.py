@@ -32,6 +32,11 @@ def _prune_parser(sub) -> None:
                    help="fraction of Q/K parameters removed by low-rank factorisation (default 0: dense Q/K)")
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
                    help="skip the linear calibration of FFN residuals")
+    p.add_argument("--no-refit-down", dest="refit_down", action="store_false", default=None,
+                   help="keep the surviving down_proj columns as they are (the paper's method) instead of "
+                        "re-fitting them by least squares")
+    p.add_argument("--no-spare-ends", dest="spare_ends", action="store_false", default=None,
+                   help="prune the first and last layer too")
     p.add_argument("--calibration-layers", type=int, default=None, help="layers that get a branch (default L/5)")
     p.add_argument("--calibration-rank", type=int, default=None, help="rank of each branch (default --align)")
     p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
@@ -58,7 +63,7 @@ def _run_prune(args) -> int:
     config = PruneConfig(
         sparsity=args.sparsity, method=args.method, ond=args.ond, allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
-        calibration_rank=args.calibration_rank, align=args.align, v_align=args.v_align, dataset=args.dataset,
+        calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends, align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype,
     )

@@ -62,7 +62,7 @@ class PruneConfig:
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
     ridge: float = 1e-3
-    refit_down: bool = False  # least-squares down_proj over the kept FFN neurons
+    refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons (olica default)
     token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
     vo_stats: str = "context"  # V/O basis weighted by attention outputs (context) or value inputs (input)
     spare_ends: bool | None = None  # keep the first and last layer dense (olica default; models of >= 8 layers)
@@ -91,8 +91,11 @@ class PruneConfig:
             self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0
             self.allocation = self.allocation or "uniform"
             self.spare_ends = bool(self.spare_ends)
+            self.refit_down = bool(self.refit_down)
         if self.spare_ends is None:
             self.spare_ends = True
+        if self.refit_down is None:
+            self.refit_down = True
         # Uniform won on SmolLM2-135M (bench/results/quality.json); adaptive stays an option.
         self.allocation = self.allocation or "uniform"
         if self.allocation not in ("adaptive", "uniform"):
