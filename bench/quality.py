@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    ap.add_argument("--ablation-first", action="store_true", help="run the ablation rows before the grid")
     ap.add_argument("--markdown-only", action="store_true", help="print the table of an existing --out file")
     args = ap.parse_args()
     if args.markdown_only:
@@ -148,17 +149,25 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return row
 
-    for s in args.sparsities:
-        for name in args.methods:
-            results["rows"].append(run(name, METHODS[name], s))
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    if args.ablation_sparsity:
+    def main_grid():
+        for s in args.sparsities:
+            for name in args.methods:
+                results["rows"].append(run(name, METHODS[name], s))
+                Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+    def ablation():
+        if not args.ablation_sparsity:
+            return
         for name in args.extra_methods:
             results["rows"].append(run(name, METHODS[name], args.ablation_sparsity))
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         for name, overrides in ABLATION.items():
             results["ablation"].append(run(name, overrides, args.ablation_sparsity))
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+    # Results are saved after every row, so an interrupted run keeps what it measured.
+    for step in ((ablation, main_grid) if args.ablation_first else (main_grid, ablation)):
+        step()
     if args.timing:
         results["timing"] = {kind: timing_run(kind, work, args.timing_samples) for kind in args.timing}
     results["bench_seconds"] = round(time.perf_counter() - t, 1)
