@@ -263,7 +263,8 @@ def test_sampling_with_seed_is_reproducible(client, server):
 def test_concurrent_requests(client, server):
     from concurrent.futures import ThreadPoolExecutor
 
-    prompts = [f"{i} plus {i} equals" for i in range(6)] + ["Once upon a time", PROMPT]
+    prompts = ["Once upon a time", PROMPT, "def fibonacci(n):", "1, 2, 3, 4,", "Dear Sir or Madam,",
+               "The recipe needs flour, sugar and", "import numpy as np\n", "Q: What colour is the sky?\nA:"]
 
     def ask(p):
         return client.completions.create(model=server.model, prompt=p, max_tokens=8, temperature=0).choices[0]
