@@ -44,10 +44,10 @@ METHODS = {
     "olica": dict(method="olica"),
 }
 ABLATION = {
-    "fast OND": dict(method="olica", ond="fast", calibration=False, allocation="uniform"),
-    "exact OND": dict(method="olica", ond="exact", calibration=False, allocation="uniform"),
-    "separate SVD": dict(method="olica", ond="separate", calibration=False, allocation="uniform"),
-    "no rotation": dict(method="olica", ond="none", calibration=False, allocation="uniform"),
+    # V/O only: no calibration, no down_proj refit, so the decomposition is what differs.
+    "fast OND": dict(method="olica", ond="fast", calibration=False, refit_down=False),
+    "exact OND": dict(method="olica", ond="exact", calibration=False, refit_down=False),
+    "separate SVD": dict(method="olica", ond="separate", calibration=False, refit_down=False),
 }
 
 
