@@ -26,6 +26,9 @@ def _prune_parser(sub) -> None:
                    help="olica (default) or a structured baseline on the same units")
     p.add_argument("--ond", default="fast", choices=["fast", "exact", "separate", "none"],
                    help="V/O decomposition: fast OND (default), exact OND, separate SVDs (ablation), none")
+    p.add_argument("--vo-stats", default="context", choices=["context", "input"],
+                   help="weigh the V/O basis by the heads' attention outputs (default) or by the value inputs "
+                        "(the paper's choice)")
     p.add_argument("--allocation", choices=["adaptive", "uniform"], default=None,
                    help="per-layer budget split: adaptive (measured, default for olica) or uniform")
     p.add_argument("--qk-sparsity", type=float, default=None,
@@ -61,7 +64,8 @@ def _run_prune(args) -> int:
 
     torch.set_grad_enabled(False)
     config = PruneConfig(
-        sparsity=args.sparsity, method=args.method, ond=args.ond, allocation=args.allocation,
+        sparsity=args.sparsity, method=args.method, ond=args.ond, vo_stats=args.vo_stats,
+        allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
         calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends, align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
