@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -211,4 +210,3 @@ def markdown(results: dict) -> str:
 
 if __name__ == "__main__":
     main()
-    _ = math

@@ -108,7 +108,6 @@ def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tenso
     input), i.e. ``W_v`` applied to softmax-mixed inputs, instead of ``W_v``
     applied to each token's own input.
     """
-    e = w_v.shape[0]
     wv = w_v.double()
     wo = torch.cat([w.double() for w in w_o_group], dim=0)  # [G·d, e]
     if value_factor is not None:
@@ -118,7 +117,6 @@ def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tenso
     if v_bias is not None and value_factor is None:
         # The bias is a constant input direction: append it so it is ranked too.
         wvl = torch.cat([wvl, v_bias.double()[:, None]], dim=1)
-    eye = torch.eye(e, dtype=wv.dtype, device=wv.device)
     if method == "fast":
         u, s, _ = torch.linalg.svd(wvl, full_matrices=False)
         strength = s * torch.linalg.vector_norm(wo @ u, dim=0)
@@ -141,11 +139,15 @@ def vo_basis(w_v: torch.Tensor, w_o_group: list[torch.Tensor], chol: torch.Tenso
         uo = uo[:, order]
         return _SeparateBasis(uv=uv, uo=uo, strength=strength[order])
     if method == "none":
-        strength = torch.linalg.vector_norm(wvl, dim=1) * torch.linalg.vector_norm(wo, dim=0)
-        order = torch.argsort(strength, descending=True)
-        perm = eye[order]
-        return VOBasis(v_map=perm, o_map=perm.T, strength=strength[order])
+        return ranked_basis(torch.linalg.vector_norm(wvl, dim=1) * torch.linalg.vector_norm(wo, dim=0))
     raise ValueError(f"unknown OND method {method!r}; choose fast, exact, separate or none")
+
+
+def ranked_basis(scores: torch.Tensor) -> VOBasis:
+    """No rotation: the value dims themselves, strongest (highest score) first."""
+    order = torch.argsort(scores, descending=True)
+    perm = torch.eye(scores.numel(), dtype=torch.float64, device=scores.device)[order]
+    return VOBasis(v_map=perm, o_map=perm.T, strength=scores[order])
 
 
 class _SeparateBasis(VOBasis):

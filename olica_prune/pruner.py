@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import resource
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from .linalg import (
     ffn_wanda_scores,
     fit_calibration,
     lowrank_factorize,
+    ranked_basis,
     truncate_vo,
     vo_basis,
 )
@@ -266,28 +266,17 @@ class _Run:
         return tqdm(range(self.dims.num_layers), desc=desc, unit="layer", disable=not self.progress)
 
     @torch.no_grad()
-    def _attn_stats(self, layer: nn.Module, hidden: list[torch.Tensor], *, want_ctx: bool, weighted: bool):
-        """Second moment of the attention input (and of o_proj's input); with
-        ``weighted``, each token counts relative to its residual stream (1/‖h_t‖²)."""
+    def _attn_stats(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool) -> torch.Tensor:
+        """Second moment of the attention input; with ``weighted``, each token
+        counts relative to its residual stream (1/‖h_t‖²)."""
         d = self.dims.hidden_size
         cov = torch.zeros(d, d, dtype=torch.float64, device=self.device)
-        ctx_sq = torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64, device=self.device)
         n = 0
-        hook = None
-        if want_ctx:
-            def grab(_mod, args):
-                nonlocal ctx_sq
-                ctx_sq += args[0].reshape(-1, args[0].shape[-1]).double().pow(2).sum(0)
-            hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
         for h in hidden:
             x = layer.input_layernorm(h).reshape(-1, d).double()
             cov += ((x * _token_weights(h)[:, None]) if weighted else x).T @ x
             n += x.shape[0]
-            if want_ctx:
-                layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
-        if hook is not None:
-            hook.remove()
-        return cov / n, ctx_sq / n
+        return cov / n
 
     def _attention(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         out, _ = layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
@@ -308,14 +297,7 @@ class _Run:
         costs, predict = [], []
         for i in self._bar("measuring (dense pass)"):
             layer = self._layer(i)
-            cov = torch.zeros(d, d, dtype=torch.float64, device=self.device)
-            n = 0
-            for h in hidden:
-                x = layer.input_layernorm(h).reshape(-1, d).double()
-                w = _token_weights(h)
-                cov += (x * w[:, None]).T @ x
-                n += x.shape[0]
-            chol = damped_cholesky(cov / n)
+            chol = damped_cholesky(self._attn_stats(layer, hidden, weighted=True))
             ctx_cov = self._context_covariance(layer, hidden, weighted=True)
             vo = self._vo_bases(layer, chol, self.cfg.ond,
                                 ctx_cov if self.cfg.vo_stats == "context" else None)
@@ -419,7 +401,7 @@ class _Run:
         d, e, g, h = dims.hidden_size, dims.head_dim, dims.num_kv_heads, dims.num_heads
         attn = layer.self_attn
         weighted = cfg.method == "olica" and cfg.token_weighting
-        cov, ctx_sq = self._attn_stats(layer, hidden, want_ctx=cfg.method != "olica", weighted=weighted)
+        cov = self._attn_stats(layer, hidden, weighted=weighted)
         chol = damped_cholesky(cov)
         state: dict[str, torch.Tensor] = {
             "input_layernorm.weight": layer.input_layernorm.weight,
@@ -448,8 +430,10 @@ class _Run:
             ctx_cov = self._context_covariance(layer, hidden, weighted=weighted) if cfg.vo_stats == "context" else None
             bases = self._vo_bases(layer, chol, cfg.ond, ctx_cov)
         else:
-            bases = [_selection_basis(self._vo_scores(wv[j], wo[:, j * group:(j + 1) * group, :],
-                                                      cov.diagonal(), ctx_sq.view(h, e)[j * group:(j + 1) * group]))
+            # E[ctx²] per head and value dim: [h, e]
+            ctx_sq = self._context_covariance(layer, hidden, weighted=False).diagonal(dim1=-2, dim2=-1)
+            bases = [ranked_basis(self._vo_scores(wv[j], wo[:, j * group:(j + 1) * group, :],
+                                                  cov.diagonal(), ctx_sq[j * group:(j + 1) * group]))
                      for j in range(g)]
         new_v, new_b, new_o = [], [], [None] * h
         for j in range(g):
@@ -556,14 +540,6 @@ class _Run:
         return wv_j.double().abs().sum(1) + wo_group.double().abs().sum((0, 1))
 
 
-def _selection_basis(scores: torch.Tensor):
-    from .linalg import VOBasis
-
-    order = torch.argsort(scores, descending=True)
-    perm = torch.eye(scores.numel(), dtype=torch.float64, device=scores.device)[order]
-    return VOBasis(v_map=perm, o_map=perm.T, strength=scores[order])
-
-
 def _token_weights(h: torch.Tensor) -> torch.Tensor:
     """1/‖h_t‖² per token of a residual-stream batch [B, S, d] -> [B·S], mean 1/d-ish."""
     sq = h.reshape(-1, h.shape[-1]).double().pow(2).sum(-1)
@@ -636,4 +612,4 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "olica_report.json").read_text())
 
 
-__all__ = ["PruneConfig", "PruneError", "prune", "summary_line", "load_report", "math"]
+__all__ = ["PruneConfig", "PruneError", "prune", "summary_line", "load_report"]
