@@ -60,30 +60,42 @@ def evaluate(path, dense_model, chunks_by_len: dict[int, torch.Tensor]) -> dict:
 
 
 def timing_run(kind: str, workdir: Path, num_samples: int) -> dict:
-    """Prune a model of a given size in a subprocess; its own peak RSS is the number."""
+    """Prune a model of a given size in a fresh subprocess; its own peak RSS is the number.
+
+    Random models are built and saved by a separate subprocess first, so building the
+    full in-memory model does not count towards the pruner's peak memory.
+    """
+    if kind == "smollm2-135m":
+        src = "smollm2-135m"
+    else:
+        src = str(workdir / f"src-{kind}")
+        build = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
+shapes = dict(tiny=dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=256,
+                        num_layers=4, vocab_size=256),
+              # TinyLlama-1.1B's shape
+              random_1b=dict(hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
+                             intermediate_size=5632, num_layers=22, vocab_size=32000))[{kind!r}]
+save_model_checkpoint(random_dense_model(tiny_config(**shapes)), {src!r}, overwrite=True)
+"""
+        res = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
+        if res.returncode:
+            return {"error": res.stderr[-2000:]}
+    tiny = kind == "tiny"
     code = f"""
 import json, resource, sys, time, torch
 sys.path.insert(0, {str(ROOT)!r})
 from olica_prune.pruner import PruneConfig, prune
-from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
-kind = {kind!r}
-if kind == "smollm2-135m":
-    src = "smollm2-135m"
-else:
-    shapes = dict(tiny=dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=256,
-                            num_layers=4, vocab_size=256),
-                  random_1b=dict(hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
-                                 intermediate_size=5632, num_layers=22, vocab_size=32000))[kind]
-    cfg = tiny_config(**shapes)
-    src = {str(workdir)!r} + "/src-" + kind
-    save_model_checkpoint(random_dense_model(cfg), src, overwrite=True)
 ids = torch.randint(0, 256, ({num_samples}, 128), generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-rep = prune(src, output={str(workdir)!r} + "/out-" + kind, overwrite=True,
-            config=PruneConfig(sparsity=0.2, align=8 if kind == "tiny" else 32, v_align=4 if kind == "tiny" else 8),
+rep = prune({src!r}, output={str(workdir / f"out-{kind}")!r}, overwrite=True,
+            config=PruneConfig(sparsity=0.2, align={8 if tiny else 32}, v_align={4 if tiny else 8}),
             calibration_ids=ids, progress=False)
 print(json.dumps(dict(seconds=time.perf_counter() - t, params=rep["sparsity"]["params_dense"],
+                      achieved=rep["sparsity"]["achieved"], samples={num_samples},
                       peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                       rss_before_prune_gib=before / 2**20, measure_s=rep["timings"].get("measure_s"),
                       prune_s=rep["timings"]["prune_s"])))
@@ -97,7 +109,8 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, params=rep["sparsity"]["p
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--sparsities", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5],
+                    help="give none to skip the grid")
     ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "olica-nocal", "olica"],
                     choices=list(METHODS))
     ap.add_argument("--extra-methods", nargs="*", default=["olica-norefit", "olica-adaptive"], choices=list(METHODS),
@@ -113,6 +126,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     ap.add_argument("--ablation-first", action="store_true", help="run the ablation rows before the grid")
     ap.add_argument("--markdown-only", action="store_true", help="print the table of an existing --out file")
+    ap.add_argument("--merge", action="store_true",
+                    help="add to an existing --out file measured with the same settings; rows of the same "
+                         "method and sparsity are replaced")
     args = ap.parse_args()
     if args.markdown_only:
         print(markdown(json.loads(Path(args.out).read_text())))
@@ -132,6 +148,19 @@ def main() -> None:
     t = time.perf_counter()
     results["dense"] = evaluate(src, None, chunks)
     print(f"dense: {results['dense']}", flush=True)
+    prior = None
+    if args.merge and Path(args.out).exists():
+        prior = json.loads(Path(args.out).read_text())
+        for key in ("model", "calibration", "eval_tokens", "dense"):
+            if prior.get(key) != results[key]:
+                sys.exit(f"--merge: {args.out} was measured with a different {key} "
+                         f"({prior.get(key)!r} vs {results[key]!r}); write to another --out")
+
+    def save():
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged(prior, results), indent=2) + "\n")
+        tmp.replace(args.out)  # a run killed mid-write leaves the previous file whole
     work = Path(tempfile.mkdtemp(prefix="olica-quality-"))
 
     def run(name, overrides, sparsity):
@@ -152,17 +181,17 @@ def main() -> None:
         for s in args.sparsities:
             for name in args.methods:
                 results["rows"].append(run(name, METHODS[name], s))
-                Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+                save()
 
     def ablation():
         if not args.ablation_sparsity:
             return
         for name in args.extra_methods:
             results["rows"].append(run(name, METHODS[name], args.ablation_sparsity))
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            save()
         for name, overrides in ABLATION.items():
             results["ablation"].append(run(name, overrides, args.ablation_sparsity))
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            save()
 
     # Results are saved after every row, so an interrupted run keeps what it measured.
     for step in ((ablation, main_grid) if args.ablation_first else (main_grid, ablation)):
@@ -171,9 +200,29 @@ def main() -> None:
         results["timing"] = {kind: timing_run(kind, work, args.timing_samples) for kind in args.timing}
     results["bench_seconds"] = round(time.perf_counter() - t, 1)
     results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    save()
+    print(markdown(merged(prior, results)))
+
+
+def merged(prior: dict | None, new: dict) -> dict:
+    """``new`` added to ``prior``: new rows replace old rows of the same method and sparsity."""
+    if prior is None:
+        return new
+    out = dict(prior)
+    order = {name: i for i, name in enumerate(list(METHODS) + list(ABLATION))}
+    for key in ("rows", "ablation"):
+        fresh = {(r["method"], r["sparsity"]) for r in new[key]}
+        rows = [r for r in prior.get(key, []) if (r["method"], r["sparsity"]) not in fresh] + new[key]
+        out[key] = sorted(rows, key=lambda r: (r["sparsity"], order.get(r["method"], len(order))))
+    if "timing" in new:
+        out["timing"] = {**prior.get("timing", {}), **new["timing"]}
+    out["bench_seconds"] = round(prior.get("bench_seconds", 0) + new.get("bench_seconds", 0), 1)
+    out["peak_rss_gib"] = max(prior.get("peak_rss_gib", 0), new.get("peak_rss_gib", 0))
+    return out
+
+
+def _ppl(x: float) -> str:
+    return f"{x:.2f}" if x < 1e4 else f"{x:.2e}"
 
 
 def markdown(results: dict) -> str:
@@ -183,12 +232,12 @@ def markdown(results: dict) -> str:
         return "(no results yet)"
     head = "| sparsity | method | " + " | ".join(f"PPL@{n}" for n in lens) + " | top-1 agreement |"
     lines = [head, "|" + "---|" * (3 + len(lens))]
-    lines.append("| 0 % | dense | " + " | ".join(f"{d[f'ppl_{n}']:.2f}" for n in lens) + " | 1.000 |")
+    lines.append("| 0 % | dense | " + " | ".join(_ppl(d[f"ppl_{n}"]) for n in lens) + " | 1.000 |")
     for r in results["rows"] + [dict(x, method=f"ablation: {x['method']}") for x in results["ablation"]]:
         if "error" in r:
             lines.append(f"| {r['sparsity']:.0%} | {r['method']} | " + " | ".join("—" for _ in lens) + " | — |")
             continue
-        ppl = " | ".join(f"{r[f'ppl_{n}']:.2f}" for n in lens)
+        ppl = " | ".join(_ppl(r[f"ppl_{n}"]) for n in lens)
         lines.append(f"| {r['achieved']:.1%} | {r['method']} | {ppl} | {r['agreement']:.3f} |")
     out = "\n".join(lines)
     base = {r["sparsity"]: r for r in results["rows"] if r.get("method") == "wanda-sp" and "error" not in r}
