@@ -12,69 +12,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def vllm_server(model_dir: str | Path, *, name: str, timeout: float = 600.0):
+    """Stock ``vllm serve`` on loopback for the duration of a ``with`` block (see ``olica_serve.server``)."""
+    from olica_serve.server import VllmServer
 
-
-@contextlib.contextmanager
-def vllm_server(model_dir: str | Path, *, name: str, timeout: float = 600.0, extra_args: tuple[str, ...] = ()):
-    """Run ``vllm serve`` on 127.0.0.1 for the duration of the block; yields the base URL."""
-    vllm = shutil.which("vllm") or str(Path(sys.executable).with_name("vllm"))
-    port = _free_port()
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    log = tempfile.NamedTemporaryFile("w+", prefix=f"vllm-{name}-", suffix=".log", delete=False)
-    cmd = [vllm, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", name,
-           "--max-model-len", "2048", "--enforce-eager", *extra_args]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with code {proc.returncode}; log {log.name}:\n"
-                                   + _tail(log.name))
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vllm serve did not become healthy in {timeout:.0f} s; log {log.name}:\n"
-                                   + _tail(log.name))
-            time.sleep(1)
-        yield base + "/v1"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
-def _tail(path: str, n: int = 40) -> str:
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    return VllmServer(model_dir, "--max-model-len", "2048", "--enforce-eager", name=name, kv_cache_gib=2,
+                      timeout=timeout)
 
 
 def served_throughput(base_url: str, model: str, *, requests: int, input_len: int, output_len: int) -> float:
@@ -128,7 +77,8 @@ def demo_main(argv: list[str]) -> int:
 
     print("[2/4] starting `vllm serve` on the pruned checkpoint (127.0.0.1)")
     results = {}
-    with vllm_server(out, name="olica") as url:
+    with vllm_server(out, name="olica") as server:
+        url = server.api_url
         client = OpenAI(base_url=url, api_key="unused")
         print(f"[3/4] asking: {args.question}")
         reply = client.chat.completions.create(model="olica", messages=[{"role": "user", "content": args.question}],
@@ -139,8 +89,8 @@ def demo_main(argv: list[str]) -> int:
                                                   output_len=args.output_len)
     if not args.no_throughput:
         print("[4/4] the same load on the dense model")
-        with vllm_server(dense_dir, name="dense") as url:
-            results["dense"] = served_throughput(url, "dense", requests=args.requests, input_len=args.input_len,
+        with vllm_server(dense_dir, name="dense") as server:
+            results["dense"] = served_throughput(server.api_url, "dense", requests=args.requests, input_len=args.input_len,
                                                  output_len=args.output_len)
         ratio = results["pruned"] / results["dense"]
         print(f"      output tokens/s ({args.requests} concurrent requests, {args.output_len} tokens each): "

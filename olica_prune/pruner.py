@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import adapter_for
-from .budget import Alignment, LayerCosts, plan_widths
+from .budget import Alignment, BudgetError, LayerCosts, plan_widths
 from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters
 from .layers import SourceWeights, build_layer, load_config, read_dense_layer, rotary
 from .linalg import (
@@ -230,7 +230,9 @@ def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> 
         specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
                             qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
                             calibration_rank=cal_rank, align=align, tolerance=0.05)
-    except Exception:
+    except BudgetError:
+        # A uniform plan can be out of reach where the adaptive one is not; the real
+        # plan (made after measuring) raises its own error if it fails too.
         return max(align.ffn, int(dims.intermediate_size * (1 - config.sparsity)))
     return specs[len(specs) // 2].intermediate_size
 

@@ -9,18 +9,10 @@ One server per module (start-up takes ~30-60 s on CPU). Knobs:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
-import json
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,69 +23,13 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vLLM is not installed (pip install -e '.[cpu]' or '.[gpu]')", allow_module_level=True)
 openai = pytest.importorskip("openai")
 
+from olica_serve.server import VllmServer  # noqa: E402
+
 PROMPT = "The capital of France is"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 # --------------------------------------------------------------------------- server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class VllmServer:
-    """``vllm serve`` in its own process group, so that stopping it also stops
-    the engine-core and worker processes it spawns."""
-
-    def __init__(self, model: Path, log_path: Path, *extra_args: str) -> None:
-        self.model = str(model)
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        exe = Path(sys.executable).with_name("vllm")
-        self.cmd = [str(exe) if exe.exists() else "vllm", "serve", self.model, "--host", "127.0.0.1",
-                    "--port", str(self.port), *extra_args]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default (4+) is a lot on a shared box
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        log.close()
-
-    def wait_healthy(self, timeout: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with code {self.proc.returncode} before it was healthy")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
-            time.sleep(1)
-        raise TimeoutError(f"vllm serve was not healthy after {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(wait)
-                return
-
-    def log_tail(self, n: int = 60) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-n:])
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +48,15 @@ def server(request, served_checkpoint, tmp_path_factory):
     except importlib.metadata.PackageNotFoundError:
         pytest.fail("the `vllm` command cannot start: distribution 'vllm' not found "
                     "(vllm-cpu needs the shim: run `olica fix-vllm`)")
-    srv = VllmServer(served_checkpoint, tmp_path_factory.mktemp("vllm-log") / "server.log",
-                     "--enforce-eager", "--max-model-len", "1024", "--seed", "0")
+    srv = VllmServer(served_checkpoint, "--enforce-eager", "--max-model-len", "1024", "--seed", "0",
+                     log_path=tmp_path_factory.mktemp("vllm-log") / "server.log")
     failed_before = request.session.testsfailed
     srv.start()
     try:
         try:
-            startup = srv.wait_healthy(float(os.environ.get("OLICA_TEST_SERVER_TIMEOUT", 600)))
+            srv.wait_healthy(float(os.environ.get("OLICA_TEST_SERVER_TIMEOUT", 600)))
         except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"{exc}\n$ {' '.join(srv.cmd)}\n--- server log tail ({srv.log_path}) ---\n{srv.log_tail()}")
-        srv.startup_s = startup
+            pytest.fail(str(exc))
         yield srv
     finally:
         srv.stop()
