@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     ap.add_argument("--ablation-first", action="store_true", help="run the ablation rows before the grid")
+    ap.add_argument("--keep", action="store_true", help="keep the pruned checkpoints (default: deleted after use)")
     ap.add_argument("--markdown-only", action="store_true", help="print the table of an existing --out file")
     ap.add_argument("--merge", action="store_true",
                     help="add to an existing --out file measured with the same settings; rows of the same "
@@ -174,6 +176,8 @@ def main() -> None:
             return {"method": name, "sparsity": sparsity, "error": str(exc)}
         row = {"method": name, "sparsity": sparsity, "achieved": rep["sparsity"]["achieved"],
                "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks)}
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
         print(json.dumps(row), flush=True)
         return row
 
@@ -193,14 +197,20 @@ def main() -> None:
             results["ablation"].append(run(name, overrides, args.ablation_sparsity))
             save()
 
-    # Results are saved after every row, so an interrupted run keeps what it measured.
-    for step in ((ablation, main_grid) if args.ablation_first else (main_grid, ablation)):
-        step()
-    if args.timing:
-        results["timing"] = {kind: timing_run(kind, work, args.timing_samples) for kind in args.timing}
-    results["bench_seconds"] = round(time.perf_counter() - t, 1)
-    results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    save()
+    try:
+        # Results are saved after every row, so an interrupted run keeps what it measured.
+        for step in ((ablation, main_grid) if args.ablation_first else (main_grid, ablation)):
+            step()
+        if args.timing:
+            results["timing"] = {kind: timing_run(kind, work, args.timing_samples) for kind in args.timing}
+        results["bench_seconds"] = round(time.perf_counter() - t, 1)
+        results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        save()
+    finally:
+        if args.keep:
+            print(f"pruned checkpoints kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(markdown(merged(prior, results)))
 
 
