@@ -54,6 +54,9 @@ def _prune_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the written weights (auto: the source's)")
+    p.add_argument("--max-shard-gb", type=float, default=2.0,
+                   help="output shard size in GB (default 2); pruned layers are held in memory until their shard "
+                        "is written, so a smaller value lowers peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -69,7 +72,7 @@ def _run_prune(args) -> int:
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
         calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends, align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, max_shard_gb=args.max_shard_gb,
     )
     report = prune(args.model, output=args.output, config=config, overwrite=args.overwrite,
                    progress=not args.quiet)

@@ -56,7 +56,7 @@ class PruneConfig:
     sparsity: float
     method: str = "olica"  # olica | magnitude | wanda-sp
     ond: str = "fast"  # fast | exact | separate | none  (olica only)
-    allocation: str | None = None  # adaptive | uniform (default: adaptive for olica)
+    allocation: str | None = None  # uniform (default) | adaptive
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
     calibration: bool = True  # linear calibration of FFN residuals (olica only)
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
@@ -76,10 +76,13 @@ class PruneConfig:
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"  # of the written checkpoint
+    max_shard_gb: float = 2.0  # output shard size; pruned layers wait in memory until their shard is written
 
     def __post_init__(self) -> None:
         if not (0 < self.sparsity <= 0.9):
             raise PruneError(f"sparsity must be in (0, 0.9], got {self.sparsity}")
+        if not self.max_shard_gb > 0:
+            raise PruneError(f"the output shard size must be positive, got {self.max_shard_gb} GB")
         if self.method not in METHODS:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.vo_stats not in ("context", "input"):
@@ -202,7 +205,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     out_config["olica"] = spec.to_dict()
 
     t = time.perf_counter()
-    with CheckpointWriter(output, overwrite=overwrite) as writer:
+    with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=int(config.max_shard_gb * 1e9)) as writer:
         for name in ("model.embed_tokens.weight", "model.norm.weight") + (
                 () if dims.tie_word_embeddings else ("lm_head.weight",)):
             writer.add(name, weights.get(name).to(out_dtype))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from olica_prune.cli import main
 from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
@@ -37,6 +38,26 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     report = json.loads((out / "olica_report.json").read_text())
     assert abs(report["sparsity"]["achieved"] - 0.1) <= 0.005
 
+    # The same prune written in small shards holds the same tensors.
+    small = tmp_path / "small-shards"
+    assert main(["prune", str(dense_dir), "--sparsity", "0.1", "--output", str(small), "--align", "8",
+                 "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--max-shard-gb", "0.005"]) == 0
+    shards = sorted(small.glob("*.safetensors"))
+    assert len(shards) > 1 and (small / "model.safetensors.index.json").is_file()
+    whole, split = _tensors(out), _tensors(small)
+    assert split.keys() == whole.keys()
+    for name, t in whole.items():
+        assert torch.equal(split[name], t), name
+
+
+def _tensors(ckpt):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in ckpt.glob("*.safetensors"):
+        out.update(load_file(f))
+    return out
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -45,6 +66,7 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
         (["--sparsity", "0"], "sparsity must be in (0, 0.9]"),
         (["--sparsity", "0.2", "--calibration", "/nonexistent/text.txt"], "/nonexistent/text.txt"),
         (["--sparsity", "0.2", "--num-samples", "1", "--seq-len", "8"], "calibration tokens"),
+        (["--sparsity", "0.2", "--max-shard-gb", "0"], "shard size must be positive"),
     ],
 )
 def test_bad_input_gives_one_clear_line(dense_dir, tmp_path, capsys, args, message):
