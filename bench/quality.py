@@ -86,29 +86,32 @@ save_model_checkpoint(random_dense_model(tiny_config(**shapes)), {src!r}, overwr
             return {"error": res.stderr[-2000:]}
     tiny = kind == "tiny"
     code = f"""
-import json, resource, sys, threading, time, torch
+import json, sys, threading, time, torch
 sys.path.insert(0, {str(ROOT)!r})
 from olica_prune.pruner import PruneConfig, prune
 
-# ru_maxrss counts the mapped safetensors pages the kernel can drop at will;
-# sample the process's own (anonymous) memory too.
+# VmHWM is this process's peak RSS (ru_maxrss would also carry the parent's peak:
+# Linux hands it over on exec after vfork). It counts the mapped safetensors pages,
+# which the kernel can drop at will, so the anonymous part is sampled too.
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
 peak_anon = [0]
 def sample():
     while True:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
+        peak_anon[0] = max(peak_anon[0], status("RssAnon"))
         time.sleep(0.05)
 threading.Thread(target=sample, daemon=True).start()
 ids = torch.randint(0, 256, ({num_samples}, 128), generator=torch.Generator().manual_seed(0))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = status("VmHWM")
 t = time.perf_counter()
 rep = prune({src!r}, output={str(workdir / f"out-{kind}")!r}, overwrite=True,
             config=PruneConfig(sparsity=0.2, align={8 if tiny else 32}, v_align={4 if tiny else 8}),
             calibration_ids=ids, progress=False)
 print(json.dumps(dict(seconds=time.perf_counter() - t, params=rep["sparsity"]["params_dense"],
                       achieved=rep["sparsity"]["achieved"], samples={num_samples},
-                      peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                      peak_rss_gib=status("VmHWM") / 2**20,
                       peak_anon_gib=peak_anon[0] / 2**20,
                       rss_before_prune_gib=before / 2**20, measure_s=rep["timings"].get("measure_s"),
                       prune_s=rep["timings"]["prune_s"])))
