@@ -1,7 +1,8 @@
 """Quality of dense vs pruned models, side by side in one run.
 
-    python bench/quality.py                      # the full grid on smollm2-135m (long: ~1 h on 2 cores)
-    python bench/quality.py --sparsities 0.2 --methods wanda-sp olica
+    python bench/quality.py --overwrite          # the full grid on smollm2-135m (long: ~1.5 h on 2 cores)
+    python bench/quality.py --merge --sparsities 0.2 --methods wanda-sp olica
+    python bench/quality.py --merge --sparsities --ablation-sparsity 0 --timing tiny smollm2-135m random_1b
 
 For every sparsity and method: prune (same calibration windows for all),
 then perplexity on held-out text at each --seq-len (non-overlapping chunks)
@@ -146,10 +147,14 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="add to an existing --out file measured with the same settings; rows of the same "
                          "method and sparsity are replaced")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args()
     if args.markdown_only:
         print(markdown(json.loads(Path(args.out).read_text())))
         return
+    if Path(args.out).exists() and not (args.merge or args.overwrite):
+        sys.exit(f"{args.out} exists: pass --merge to add these rows to it, --overwrite to replace it, "
+                 "or --out elsewhere")
     torch.set_grad_enabled(False)
 
     from transformers import AutoTokenizer
