@@ -30,7 +30,7 @@ def _prune_parser(sub) -> None:
                    help="weigh the V/O basis by the heads' attention outputs (default) or by the value inputs "
                         "(the paper's choice)")
     p.add_argument("--allocation", choices=["adaptive", "uniform"], default=None,
-                   help="per-layer budget split: adaptive (measured, default for olica) or uniform")
+                   help="per-layer budget split: uniform (default) or adaptive (ranked by measured importance)")
     p.add_argument("--qk-sparsity", type=float, default=None,
                    help="fraction of Q/K parameters removed by low-rank factorisation (default 0: dense Q/K)")
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
@@ -70,7 +70,8 @@ def _run_prune(args) -> int:
         sparsity=args.sparsity, method=args.method, ond=args.ond, vo_stats=args.vo_stats,
         allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
-        calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends, align=args.align, v_align=args.v_align, dataset=args.dataset,
+        calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends,
+        align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, max_shard_gb=args.max_shard_gb,
     )

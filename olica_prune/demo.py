@@ -90,8 +90,8 @@ def demo_main(argv: list[str]) -> int:
     if not args.no_throughput:
         print("[4/4] the same load on the dense model")
         with vllm_server(dense_dir, name="dense") as server:
-            results["dense"] = served_throughput(server.api_url, "dense", requests=args.requests, input_len=args.input_len,
-                                                 output_len=args.output_len)
+            results["dense"] = served_throughput(server.api_url, "dense", requests=args.requests,
+                                                 input_len=args.input_len, output_len=args.output_len)
         ratio = results["pruned"] / results["dense"]
         print(f"      output tokens/s ({args.requests} concurrent requests, {args.output_len} tokens each): "
               f"dense {results['dense']:.1f}, pruned {results['pruned']:.1f}  ({ratio:.2f}x)")

@@ -170,6 +170,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 
     timings: dict[str, float] = {}
     costs, cal_choice = None, []
+    spare_layers = (0, dims.num_layers - 1) if config.spare_ends and dims.num_layers >= 8 else ()
     if layer_specs is not None:
         if len(layer_specs) != dims.num_layers:
             raise PruneError(f"layer_specs has {len(layer_specs)} entries for {dims.num_layers} layers")
@@ -180,13 +181,12 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         costs, predictability = run.measure_dense(ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n else 0)
         timings["measure_s"] = time.perf_counter() - t
         if cal_layers_n:
-            spared = {0, dims.num_layers - 1} if config.spare_ends and dims.num_layers >= 8 else set()
-            candidates = [i for i in range(dims.num_layers) if i not in spared]
+            candidates = [i for i in range(dims.num_layers) if i not in spare_layers]
             cal_choice = sorted(sorted(candidates, key=lambda i: -predictability[i])[:cal_layers_n])
     specs = list(layer_specs) if layer_specs is not None else plan_widths(
         dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation, costs=costs,
         qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
-        spare_layers=(0, -1) if config.spare_ends and dims.num_layers >= 8 else ())
+        spare_layers=spare_layers)
     cal_choice = [i for i, s in enumerate(specs) if s.calibration_rank]
 
     out_config = dict(raw_config)
