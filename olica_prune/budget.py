@@ -56,8 +56,14 @@ def qk_rank(out_features: int, in_features: int, sparsity: float, align: int) ->
 def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation: str,
                 costs: list[LayerCosts] | None, qk_sparsity: float, calibration_layers: list[int],
                 calibration_rank: int, align: Alignment, tolerance: float = 0.005,
-                min_keep: float = 0.1, spare_layers: tuple[int, ...] = ()) -> list[LayerSpec]:
-    """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense."""
+                min_keep: float = 0.1, spare_layers: tuple[int, ...] = (),
+                vo_sparsity: float | None = None) -> list[LayerSpec]:
+    """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense.
+
+    ``vo_sparsity`` (uniform allocation only): the fraction of each pruned
+    layer's V/O width to remove; the FFN then takes whatever the budget still
+    needs. ``None``: V/O and FFN lose the same fraction.
+    """
     d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                         dims.intermediate_size, dims.num_layers)
     dense_total = count_parameters(None, dims, qkv_bias=qkv_bias)
@@ -97,12 +103,20 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     if allocation == "uniform":
         # Every layer but the spared ones loses the same fraction of its widths.
         pruned = L - len(spared)
-        frac = to_remove / (pruned * (m * ffn_unit + e * vo_unit))
-        if frac > 1 - min_keep:
-            raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}; "
-                              "choose a lower sparsity")
+        if vo_sparsity is None:
+            frac = v_frac = to_remove / (pruned * (m * ffn_unit + e * vo_unit))
+        else:
+            v_frac = vo_sparsity
+            frac = (to_remove - pruned * v_frac * e * vo_unit) / (pruned * m * ffn_unit)
+            if frac < 0:
+                raise BudgetError(f"sparsity {sparsity:.3f} is exceeded by the V/O and Q/K settings alone; "
+                                  "lower --vo-sparsity or --qk-sparsity")
+        if max(frac, v_frac) > 1 - min_keep:
+            raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}"
+                              + (" with this V/O share" if vo_sparsity is not None else "")
+                              + "; choose a lower sparsity")
         ffn_keep = [m if i in spared else m - frac * m for i in range(L)]
-        v_keep = [e if i in spared else e - frac * e for i in range(L)]
+        v_keep = [e if i in spared else e - v_frac * e for i in range(L)]
     elif allocation == "adaptive":
         if costs is None:
             raise ValueError("adaptive allocation needs per-layer costs")

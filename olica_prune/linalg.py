@@ -196,6 +196,17 @@ def ffn_contribution_scores(h_sq_mean: torch.Tensor, w_down: torch.Tensor) -> to
     return h_sq_mean.double().clamp_min(0).sqrt() * torch.linalg.vector_norm(w_down.double(), dim=0)
 
 
+def ffn_paper_scores(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                     x_sq_mean: torch.Tensor, h_sq_mean: torch.Tensor) -> torch.Tensor:
+    """The paper's FFN score: activation-weighted norms of the neuron's
+    ``gate_proj``/``up_proj`` rows (``‖W[k] ∘ √E[x²]‖``) plus that of its
+    ``down_proj`` column (``‖W_down[:, k]‖ · √E[h_k²]``)."""
+    xn = x_sq_mean.double().clamp_min(0).sqrt()
+    hn = h_sq_mean.double().clamp_min(0).sqrt()
+    return (torch.linalg.vector_norm(w_gate.double() * xn, dim=1) + torch.linalg.vector_norm(w_up.double() * xn, dim=1)
+            + torch.linalg.vector_norm(w_down.double(), dim=0) * hn)
+
+
 def ffn_wanda_scores(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
                      x_sq_mean: torch.Tensor, h_sq_mean: torch.Tensor) -> torch.Tensor:
     """Wanda-sp: Σ |W|·‖input‖ over every weight of the neuron's structure."""
@@ -224,25 +235,44 @@ class Calibration:
         return 1.0 - self.remaining_energy / max(self.residual_energy, 1e-30)
 
 
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(G + Λ)⁻¹ R`` for an SPD Gram ``G`` with per-direction (Jacobi) damping
+    ``Λ = ridge · diag(G)``.
+
+    Each direction is shrunk relative to its own scale, so one massive
+    activation channel (common in LLMs) does not over-damp all the others, as a
+    single ``ridge · mean(diag G)`` would. A floor of ``1e-10 · mean(diag G)``
+    keeps directions that never occur solvable. Solved by Cholesky.
+    """
+    g = gram.double()
+    diag = g.diagonal()
+    damp = ridge * diag + 1e-10 * diag.mean().clamp_min(1e-30)
+    a = g + torch.diag(damp)
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs.double(), factor)
+    return torch.linalg.solve(a, rhs.double())
+
+
 def fit_calibration(xtx: torch.Tensor, xte: torch.Tensor, ete_diag: torch.Tensor, rank: int,
                     *, ridge: float = 1e-3, weighted: bool = True) -> Calibration:
     """Low-rank ridge regression of the FFN residual ``e`` on its input ``x``.
 
     ``xtx = Σ x xᵀ`` ``[d, d]``, ``xte = Σ x eᵀ`` ``[d, d]``, ``ete_diag = Σ e∘e`` ``[d]``.
-    Full ridge solution ``Ŵ = (XᵀX + λI)⁻¹ XᵀE`` (so ``e ≈ Ŵᵀ x``), then a rank-r
-    truncation. Output dims are weighed by how well they are predicted
-    (``D = diag(R²)``, R² of the full ridge fit per dim): the truncation keeps the
-    top-r eigenvectors ``V`` of ``D^½ F D^½`` (``F = ŴᵀXᵀXŴ``, the fitted signal) —
-    reduced-rank regression in the weighted norm. Branch ``e ≈ B A x`` with
-    ``A = Vᵀ D^-½ Ŵᵀ`` and ``B = D^½ V``.
+    Full ridge solution ``Ŵ = (XᵀX + Λ)⁻¹ XᵀE`` (Jacobi damping, see
+    :func:`ridge_solve`; ``e ≈ Ŵᵀ x``), then a rank-r truncation. Output dims are
+    weighed by how well they are predicted (``D = diag(R²)``, R² of the full
+    ridge fit per dim): reduced-rank regression in the norm ``‖D^½ ·‖``. With
+    ``V`` the top-r eigenvectors of ``D^½ F D^½`` (``F = ŴᵀXᵀXŴ``, the fitted
+    signal), the minimiser of ``Σ (e − M x)ᵀ D (e − M x)`` over rank-r ``M`` is
+    ``M = D^-½ V Vᵀ D^½ Ŵᵀ``: branch ``e ≈ B A x`` with ``A = Vᵀ D^½ Ŵᵀ`` and
+    ``B = D^-½ V``.
     """
     c = xtx.double()
     xe = xte.double()
     ete = ete_diag.double()
     d = c.shape[0]
-    eye = torch.eye(d, dtype=c.dtype, device=c.device)
-    lam = ridge * c.diagonal().mean().clamp_min(1e-30)
-    w = torch.linalg.solve(c + lam * eye, xe)  # [d_in, d_out]
+    w = ridge_solve(c, xe, ridge)  # [d_in, d_out]
     fitted = w.T @ c @ w  # Σ (Ŵᵀx)(Ŵᵀx)ᵀ  [d_out, d_out]
     if weighted:
         r2 = (fitted.diagonal() / ete.clamp_min(1e-30)).clamp(1e-3, 1.0)
@@ -251,8 +281,8 @@ def fit_calibration(xtx: torch.Tensor, xte: torch.Tensor, ete_diag: torch.Tensor
     sq = r2.sqrt()
     evals, evecs = torch.linalg.eigh(sq[:, None] * fitted * sq[None, :])
     v = evecs[:, torch.argsort(evals, descending=True)[:rank]]  # [d, r]
-    a = (v / sq[:, None]).T @ w.T  # [r, d]
-    b = sq[:, None] * v  # [d, r]
+    a = (sq[:, None] * v).T @ w.T  # [r, d]   Vᵀ D^½ Ŵᵀ
+    b = v / sq[:, None]  # [d, r]   D^-½ V
     # Remaining energy Σ‖e − B A x‖² = Σ‖e‖² − 2 tr(B A XᵀE) + tr(B A XᵀX Aᵀ Bᵀ)
     ba = b @ a  # [d_out, d_in]
     cross = torch.trace(ba @ xe)

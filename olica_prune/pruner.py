@@ -31,11 +31,13 @@ from .layers import SourceWeights, build_layer, load_config, read_dense_layer, r
 from .linalg import (
     damped_cholesky,
     ffn_contribution_scores,
+    ffn_paper_scores,
     ffn_magnitude_scores,
     ffn_wanda_scores,
     fit_calibration,
     lowrank_factorize,
     ranked_basis,
+    ridge_solve,
     truncate_vo,
     vo_basis,
 )
@@ -49,24 +51,52 @@ class PruneError(ValueError):
     pass
 
 
+# Presets fill every setting the user left unset (None). "paper" is the
+# configuration of the Olica paper; "olica" is the project default, chosen on
+# the dev domains of the evaluation suite (olica_prune.suite), never on the
+# report domains. Values given as strings are in units of the target sparsity s.
+PRESETS: dict[str, dict[str, Any]] = {
+    "olica": {
+        "qk_sparsity": 0.0, "vo_sparsity": None, "calibration": True, "refit_down": True,
+        "vo_stats": "context", "ffn_score": "contribution", "spare_ends": True,
+    },
+    "paper": {
+        # Q/K low rank removing 2s of their params, V/O removing 2s/(1+3) = s/2,
+        # FFN the rest; L/5 calibrated layers; FFN scores from gate/up/down;
+        # V/O weighted by the value inputs; no down_proj refit.
+        "qk_sparsity": "2s", "vo_sparsity": "s/2", "calibration": True, "refit_down": False,
+        "vo_stats": "input", "ffn_score": "paper", "spare_ends": True,
+    },
+}
+FFN_SCORES = ("contribution", "paper", "wanda", "magnitude")
+
+
+def _in_units_of_s(value, s: float):
+    units = {"2s": 2 * s, "s/2": s / 2, "s": s}
+    return units[value] if isinstance(value, str) and value in units else value
+
+
 @dataclasses.dataclass
 class PruneConfig:
-    """What to prune and how. Validated on construction."""
+    """What to prune and how. Validated on construction; unset (None) settings
+    come from ``preset``."""
 
     sparsity: float
     method: str = "olica"  # olica | magnitude | wanda-sp
+    preset: str = "olica"  # olica (project default) | paper
     ond: str = "fast"  # fast | exact | separate | none  (olica only)
     allocation: str | None = None  # uniform (default) | adaptive
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
-    calibration: bool = True  # linear calibration of FFN residuals (olica only)
+    vo_sparsity: float | None = None  # fraction of V/O width removed per pruned layer (None: same as FFN)
+    calibration: bool | None = None  # linear calibration of FFN residuals (olica only)
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
-    ridge: float = 1e-3
-    refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons (olica default)
+    ridge: float = 1e-3  # per-direction (Jacobi) ridge of every least-squares fit
+    refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons
     token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
-    vo_stats: str = "context"  # V/O basis weighted by attention outputs (context) or value inputs (input)
-    spare_ends: bool | None = None  # keep the first and last layer dense (olica default; models of >= 8 layers)
-    ffn_score: str | None = None  # ablation: contribution | wanda | magnitude (default: the method's)
+    vo_stats: str | None = None  # V/O basis weighted by attention outputs (context) or value inputs (input)
+    spare_ends: bool | None = None  # keep the first and last layer dense (models of >= 8 layers)
+    ffn_score: str | None = None  # contribution | paper | wanda | magnitude (default: the method's)
     align: int = 32
     v_align: int = 8
     dataset: str = "pydoc"
@@ -85,8 +115,8 @@ class PruneConfig:
             raise PruneError(f"the output shard size must be positive, got {self.max_shard_gb} GB")
         if self.method not in METHODS:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.vo_stats not in ("context", "input"):
-            raise PruneError(f"unknown vo_stats {self.vo_stats!r}; choose context or input")
+        if self.preset not in PRESETS:
+            raise PruneError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.ond not in ("fast", "exact", "separate", "none"):
             raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
         if self.method != "olica":
@@ -95,21 +125,29 @@ class PruneConfig:
             self.allocation = self.allocation or "uniform"
             self.spare_ends = bool(self.spare_ends)
             self.refit_down = bool(self.refit_down)
-        if self.spare_ends is None:
-            self.spare_ends = True
-        if self.refit_down is None:
-            self.refit_down = True
-        # Uniform won on SmolLM2-135M (bench/results/quality.json); adaptive stays an option.
+            self.vo_stats = self.vo_stats or "context"
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, _in_units_of_s(value, self.sparsity))
+        if self.vo_stats not in ("context", "input"):
+            raise PruneError(f"unknown vo_stats {self.vo_stats!r}; choose context or input")
+        if self.ffn_score is not None and self.ffn_score not in FFN_SCORES:
+            raise PruneError(f"unknown ffn score {self.ffn_score!r}; choose one of {', '.join(FFN_SCORES)}")
         self.allocation = self.allocation or "uniform"
         if self.allocation not in ("adaptive", "uniform"):
             raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive or uniform")
-        if self.qk_sparsity is None:
-            self.qk_sparsity = 0.0
         if not (0 <= self.qk_sparsity < 1):
             raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
+        if self.vo_sparsity is not None and not (0 <= self.vo_sparsity < 1):
+            raise PruneError(f"vo-sparsity must be in [0, 1), got {self.vo_sparsity}")
+        if not self.ridge >= 0:
+            raise PruneError(f"ridge must be >= 0, got {self.ridge}")
         for name in ("align", "v_align", "num_samples", "seq_len", "batch_size"):
             if getattr(self, name) <= 0:
                 raise PruneError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("calibration_layers", "calibration_rank"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise PruneError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise PruneError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
 
@@ -186,7 +224,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     specs = list(layer_specs) if layer_specs is not None else plan_widths(
         dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation, costs=costs,
         qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
-        spare_layers=spare_layers)
+        spare_layers=spare_layers, vo_sparsity=config.vo_sparsity)
     cal_choice = [i for i, s in enumerate(specs) if s.calibration_rank]
 
     out_config = dict(raw_config)
@@ -232,7 +270,8 @@ def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> 
     try:
         specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
                             qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
-                            calibration_rank=cal_rank, align=align, tolerance=0.05)
+                            calibration_rank=cal_rank, align=align, tolerance=0.05,
+                            vo_sparsity=config.vo_sparsity)
     except BudgetError:
         # A uniform plan can be out of reach where the adaptive one is not; the real
         # plan (made after measuring) raises its own error if it fails too.
@@ -479,6 +518,9 @@ class _Run:
         ffn_score = cfg.ffn_score or {"olica": "contribution", "wanda-sp": "wanda"}.get(cfg.method, "magnitude")
         if ffn_score == "contribution":
             scores = ffn.contribution_scores()
+        elif ffn_score == "paper":
+            scores = ffn_paper_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                                      ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
         elif ffn_score == "wanda":
             scores = ffn_wanda_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
                                       ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
@@ -532,9 +574,7 @@ class _Run:
             hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
             gram += (hw.T @ hk).double()
             cross += (hw.T @ mlp.down_proj(h)).double()
-        lam = self.cfg.ridge * gram.diagonal().mean().clamp_min(1e-30)
-        eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-        return torch.linalg.solve(gram + lam * eye, cross).T  # [d, k]
+        return ridge_solve(gram, cross, self.cfg.ridge).T  # [d, k]
 
     def _vo_scores(self, wv_j, wo_group, x_sq, ctx_sq_group):
         """Baseline score of each value dim of one KV head: [e]."""

@@ -7,6 +7,7 @@ from olica_prune.linalg import (
     damped_cholesky,
     ffn_contribution_scores,
     fit_calibration,
+    ridge_solve,
     lowrank_factorize,
     lowrank_pays_off,
     truncate_vo,
@@ -134,8 +135,8 @@ def test_calibration_full_rank_unweighted_is_the_ridge_solution():
     e = torch.randn(n, d, generator=g, dtype=torch.float64) + x @ torch.randn(d, d, generator=g, dtype=torch.float64)
     xtx, xte, ete = _stats(x, e)
     cal = fit_calibration(xtx, xte, ete, d, ridge=lam_rel, weighted=False)
-    lam = lam_rel * xtx.diagonal().mean()
-    ridge = torch.linalg.solve(xtx + lam * torch.eye(d, dtype=torch.float64), xte)  # e ≈ ridgeᵀ x
+    lam = lam_rel * xtx.diagonal() + 1e-10 * xtx.diagonal().mean()  # Jacobi damping
+    ridge = torch.linalg.solve(xtx + torch.diag(lam), xte)  # e ≈ ridgeᵀ x
     assert torch.allclose(cal.b @ cal.a, ridge.T, atol=1e-9)
     # the reported remaining energy is the real one
     resid = e - x @ (cal.b @ cal.a).T
@@ -160,3 +161,61 @@ def test_cholesky_damps_rank_deficient_covariance():
     cov[0, 0] = 1.0
     chol = damped_cholesky(cov)
     assert torch.isfinite(chol).all() and (chol.diagonal() > 0).all()
+
+
+def _weighted_loss(x, e, m, weights):
+    """Σ_t (e_t − M x_t)ᵀ D (e_t − M x_t) with D = diag(weights)."""
+    resid = e - x @ m.T
+    return float(((resid**2) * weights).sum())
+
+
+def test_weighted_calibration_truncation_is_the_weighted_reduced_rank_solution():
+    """Strongly unequal R² across output dims: the branch must be the minimiser of
+    the R²-weighted error among rank-r maps (closed form via an SVD of the scaled
+    fitted values, computed independently of fit_calibration's eigh)."""
+    g = torch.Generator().manual_seed(11)
+    d, r, n = 12, 3, 6000
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    m_true = torch.randn(d, d, generator=g, dtype=torch.float64)
+    noise_scale = torch.logspace(-2, 1.5, d, dtype=torch.float64)  # R² from ~1 down to ~0.01
+    e = x @ m_true.T + torch.randn(n, d, generator=g, dtype=torch.float64) * noise_scale * 3
+    xtx, xte, ete = _stats(x, e)
+    ridge = 1e-6
+    cal = fit_calibration(xtx, xte, ete, r, ridge=ridge, weighted=True)
+    # Independent reference: full ridge fit, its R², then the top-r right singular
+    # vectors of the D^½-scaled fitted values X Ŵ D^½.
+    w = torch.linalg.solve(xtx + torch.diag(ridge * xtx.diagonal() + 1e-10 * xtx.diagonal().mean()), xte)
+    fitted_vals = x @ w
+    r2 = ((fitted_vals**2).sum(0) / ete).clamp(1e-3, 1.0)
+    assert r2.max() / r2.min() > 50  # the weights really are unequal
+    _, _, vt = torch.linalg.svd(fitted_vals * r2.sqrt(), full_matrices=False)
+    v = vt[:r].T
+    m_ref = (v / r2.sqrt()[:, None]) @ (v.T * r2.sqrt()) @ w.T
+    m = cal.b @ cal.a
+    assert torch.allclose(m, m_ref, atol=1e-8, rtol=1e-6)
+    # The previous (inconsistent) factorisation D^½ V Vᵀ D^-½ Ŵᵀ is clearly worse
+    # in the norm the truncation is meant to minimise, and in the plain norm here.
+    m_old = (r2.sqrt()[:, None] * v) @ (v.T / r2.sqrt()) @ w.T
+    assert _weighted_loss(x, e, m, r2) < 0.9 * _weighted_loss(x, e, m_old, r2)
+    assert cal.explained > 1 - _weighted_loss(x, e, m_old, torch.ones(d, dtype=torch.float64)) / float(ete.sum())
+
+
+def test_ridge_scale_is_per_direction_with_an_outlier_channel():
+    """One input channel 1000x louder than the rest (a massive activation): the
+    damping of the other directions must follow their own scale. With
+    λ = ridge · mean(diag G) the quiet directions would be shrunk to almost zero."""
+    g = torch.Generator().manual_seed(12)
+    n, k, d = 4000, 16, 8
+    h = torch.randn(n, k, generator=g, dtype=torch.float64)
+    h[:, 0] *= 1000.0
+    w_true = torch.randn(d, k, generator=g, dtype=torch.float64)
+    y = h @ w_true.T + 0.01 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    gram, cross = h.T @ h, h.T @ y
+    w = ridge_solve(gram, cross, 1e-3).T  # [d, k]
+    rel = float(torch.linalg.norm(w[:, 1:] - w_true[:, 1:]) / torch.linalg.norm(w_true[:, 1:]))
+    assert rel < 0.05  # 0.017
+    # What the old mean-scaled damping did (kept here as the regression it guards):
+    lam = 1e-3 * gram.diagonal().mean()
+    w_old = torch.linalg.solve(gram + lam * torch.eye(k, dtype=torch.float64), cross).T
+    rel_old = float(torch.linalg.norm(w_old[:, 1:] - w_true[:, 1:]) / torch.linalg.norm(w_true[:, 1:]))
+    assert rel_old > 0.5  # 0.98: the quiet directions were shrunk to almost nothing
