@@ -188,8 +188,15 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         from .data import calibration_batches
 
         tokenizer = AutoTokenizer.from_pretrained(str(src))
-        calibration_ids = calibration_batches(tokenizer, config.dataset, num_samples=config.num_samples,
-                                              seq_len=config.seq_len, seed=config.seed)
+        if config.dataset == "self":
+            from .selfcal import self_calibration
+
+            calibration_ids = self_calibration(src, tokenizer, num_samples=config.num_samples,
+                                               seq_len=config.seq_len, seed=config.seed, device=device,
+                                               progress=progress)
+        else:
+            calibration_ids = calibration_batches(tokenizer, config.dataset, num_samples=config.num_samples,
+                                                  seq_len=config.seq_len, seed=config.seed)
     n_tokens = calibration_ids.numel()
     cal_layers_n = 0
     if config.calibration:
