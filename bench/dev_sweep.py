@@ -70,6 +70,10 @@ def _resolve(overrides: dict, s: float) -> dict:
 
 
 def _commit() -> str:
+    import os
+
+    if os.environ.get("OLICA_COMMIT"):  # a copy of the tree without .git (e.g. a GPU machine)
+        return os.environ["OLICA_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -88,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default="pydoc", help="comma-separated calibration sources (pydoc, self, FILE)")
     ap.add_argument("--self-ids", default=None, help="a .pt file of self-sampled calibration ids to use for 'self'")
     ap.add_argument("--variants", default="all")
+    ap.add_argument("--num-samples", type=int, default=128, help="calibration windows of 128 tokens")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--max-chunks", type=int, default=100)
     ap.add_argument("--device", default="auto")
@@ -134,15 +139,15 @@ def main(argv=None) -> int:
             elif cal == "self":
                 from olica_prune.selfcal import self_calibration
 
-                ids = self_calibration(src, tok, num_samples=128, seq_len=128, seed=0, device=device, progress=False)
+                ids = self_calibration(src, tok, num_samples=args.num_samples, seq_len=128, seed=0, device=device, progress=False)
             else:
-                ids = calibration_batches(tok, cal, num_samples=128, seq_len=128, seed=0)
+                ids = calibration_batches(tok, cal, num_samples=args.num_samples, seq_len=128, seed=0)
             for s in args.sparsity:
                 for name in names:
                     overrides = _resolve(VARIANTS[name], s)
                     t = time.perf_counter()
                     try:
-                        cfg = PruneConfig(sparsity=s, device=device, dataset=cal, **overrides)
+                        cfg = PruneConfig(sparsity=s, device=device, dataset=cal, num_samples=args.num_samples, **overrides)
                         path = work / f"{name}-{s}-{cal}"
                         prune(args.model, output=path, config=cfg, calibration_ids=ids, progress=False)
                     except Exception as exc:  # record and go on: one failing variant must not end a sweep

