@@ -57,6 +57,20 @@ VARIANTS: dict[str, dict] = {
     "paper-ctx-contrib-refit": dict(preset="paper", vo_stats="context", ffn_score="contribution", refit_down=True),
     "paper-wanda": dict(preset="paper", ffn_score="wanda"),
     "paper-exact": dict(preset="paper", ond="exact"),
+    # second round (after the first sweep): V/O pruned less or not at all, context
+    # statistics, exact OND, Q/K share, refit shrunk towards the original columns
+    "vo0": dict(preset="paper", vo_sparsity=0.0),
+    "vo0-qk1s": dict(preset="paper", vo_sparsity=0.0, qk_sparsity="1s"),
+    "vo0-qk1.5s": dict(preset="paper", vo_sparsity=0.0, qk_sparsity="1.5s"),
+    "vo0-qk0": dict(preset="paper", vo_sparsity=0.0, qk_sparsity=0.0),
+    "vo0-nocal": dict(preset="paper", vo_sparsity=0.0, calibration=False),
+    "vo0-refit1e-2": dict(preset="paper", vo_sparsity=0.0, refit_down=True, refit_ridge=1e-2),
+    "vo0-refit1e-1": dict(preset="paper", vo_sparsity=0.0, refit_down=True, refit_ridge=1e-1),
+    "vo0-refit1": dict(preset="paper", vo_sparsity=0.0, refit_down=True, refit_ridge=1.0),
+    "ctx-exact": dict(preset="paper", vo_stats="context", ond="exact"),
+    "ctx-exact-vo.25s": dict(preset="paper", vo_stats="context", ond="exact", vo_sparsity="0.25s"),
+    "ctx-exact-nocal": dict(preset="paper", vo_stats="context", ond="exact", calibration=False),
+    "ctx-vo.25s": dict(preset="paper", vo_stats="context", vo_sparsity="0.25s"),
 }
 
 
@@ -134,14 +148,21 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="olica-sweep-"))
     try:
         for cal in args.calibration.split(","):
-            if cal == "self" and args.self_ids:
-                ids = torch.load(args.self_ids)
-            elif cal == "self":
-                from olica_prune.selfcal import self_calibration
+            parts = cal.split("+")
+            counts = [args.num_samples // len(parts)] * len(parts)
+            counts[0] += args.num_samples - sum(counts)
+            pieces = []
+            for part, n in zip(parts, counts):
+                if part == "self" and args.self_ids:
+                    pieces.append(torch.load(args.self_ids)[:n])  # the first rows of the same stream
+                elif part == "self":
+                    from olica_prune.selfcal import self_calibration
 
-                ids = self_calibration(src, tok, num_samples=args.num_samples, seq_len=128, seed=0, device=device, progress=False)
-            else:
-                ids = calibration_batches(tok, cal, num_samples=args.num_samples, seq_len=128, seed=0)
+                    pieces.append(self_calibration(src, tok, num_samples=n, seq_len=128, seed=0, device=device,
+                                                   progress=False))
+                else:
+                    pieces.append(calibration_batches(tok, part, num_samples=n, seq_len=128, seed=0))
+            ids = torch.cat(pieces)
             for s in args.sparsity:
                 for name in names:
                     overrides = _resolve(VARIANTS[name], s)

@@ -235,9 +235,11 @@ class Calibration:
         return 1.0 - self.remaining_energy / max(self.residual_energy, 1e-30)
 
 
-def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``(G + Λ)⁻¹ R`` for an SPD Gram ``G`` with per-direction (Jacobi) damping
-    ``Λ = ridge · diag(G)``.
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, *,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+    """``(G + Λ)⁻¹ (R + Λ P)`` for an SPD Gram ``G`` with per-direction (Jacobi)
+    damping ``Λ = ridge · diag(G)``: the least-squares solution shrunk towards
+    ``prior`` ``P`` (same shape as the solution; zero when None).
 
     Each direction is shrunk relative to its own scale, so one massive
     activation channel (common in LLMs) does not over-damp all the others, as a
@@ -248,10 +250,13 @@ def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Te
     diag = g.diagonal()
     damp = ridge * diag + 1e-10 * diag.mean().clamp_min(1e-30)
     a = g + torch.diag(damp)
+    rhs = rhs.double()
+    if prior is not None:
+        rhs = rhs + damp[:, None] * prior.double()
     factor, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
-        return torch.cholesky_solve(rhs.double(), factor)
-    return torch.linalg.solve(a, rhs.double())
+        return torch.cholesky_solve(rhs, factor)
+    return torch.linalg.solve(a, rhs)
 
 
 def fit_calibration(xtx: torch.Tensor, xte: torch.Tensor, ete_diag: torch.Tensor, rank: int,

@@ -72,7 +72,8 @@ FFN_SCORES = ("contribution", "paper", "wanda", "magnitude")
 
 
 def _in_units_of_s(value, s: float):
-    units = {"2s": 2 * s, "s/2": s / 2, "s": s}
+    # Q/K low rank at 2s is capped at 0.8: at s >= 0.5 it would remove all of Q/K.
+    units = {"2s": min(2 * s, 0.8), "s/2": s / 2, "s": s}
     return units[value] if isinstance(value, str) and value in units else value
 
 
@@ -91,7 +92,8 @@ class PruneConfig:
     calibration: bool | None = None  # linear calibration of FFN residuals (olica only)
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
-    ridge: float = 1e-3  # per-direction (Jacobi) ridge of every least-squares fit
+    ridge: float = 1e-3  # per-direction (Jacobi) ridge of the calibration branch fit (shrinks towards no branch)
+    refit_ridge: float = 1e-3  # same for the down_proj refit (shrinks towards the original columns)
     refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons
     token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
     vo_stats: str | None = None  # V/O basis weighted by attention outputs (context) or value inputs (input)
@@ -140,8 +142,8 @@ class PruneConfig:
             raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
         if self.vo_sparsity is not None and not (0 <= self.vo_sparsity < 1):
             raise PruneError(f"vo-sparsity must be in [0, 1), got {self.vo_sparsity}")
-        if not self.ridge >= 0:
-            raise PruneError(f"ridge must be >= 0, got {self.ridge}")
+        if not (self.ridge >= 0 and self.refit_ridge >= 0):
+            raise PruneError(f"ridge must be >= 0, got {self.ridge} / {self.refit_ridge}")
         for name in ("align", "v_align", "num_samples", "seq_len", "batch_size"):
             if getattr(self, name) <= 0:
                 raise PruneError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -185,18 +187,10 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     out_dtype = weights.source_dtype() if config.dtype == "auto" else getattr(torch, config.dtype)
 
     if calibration_ids is None:
-        from .data import calibration_batches
-
         tokenizer = AutoTokenizer.from_pretrained(str(src))
-        if config.dataset == "self":
-            from .selfcal import self_calibration
-
-            calibration_ids = self_calibration(src, tokenizer, num_samples=config.num_samples,
-                                               seq_len=config.seq_len, seed=config.seed, device=device,
-                                               progress=progress)
-        else:
-            calibration_ids = calibration_batches(tokenizer, config.dataset, num_samples=config.num_samples,
-                                                  seq_len=config.seq_len, seed=config.seed)
+        calibration_ids = calibration_mix(src, tokenizer, config.dataset, num_samples=config.num_samples,
+                                          seq_len=config.seq_len, seed=config.seed, device=device,
+                                          progress=progress)
     n_tokens = calibration_ids.numel()
     cal_layers_n = 0
     if config.calibration:
@@ -270,6 +264,32 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         }
         writer.finish(config=out_config, report=report, copy_from=src)
     return report
+
+
+def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: int, seed: int, device,
+                    progress: bool = True) -> torch.Tensor:
+    """Calibration windows from ``dataset``: one source, or several joined by
+    ``+`` (e.g. ``self+pydoc``), which share the windows evenly (the first
+    takes the remainder). ``self`` samples text from the model itself."""
+    from .data import calibration_batches
+
+    parts = [p for p in dataset.split("+") if p]
+    if not parts:
+        raise PruneError(f"empty calibration source {dataset!r}")
+    counts = [num_samples // len(parts)] * len(parts)
+    counts[0] += num_samples - sum(counts)
+    out = []
+    for part, n in zip(parts, counts):
+        if n == 0:
+            continue
+        if part == "self":
+            from .selfcal import self_calibration
+
+            out.append(self_calibration(src, tokenizer, num_samples=n, seq_len=seq_len, seed=seed, device=device,
+                                        progress=progress))
+        else:
+            out.append(calibration_batches(tokenizer, part, num_samples=n, seq_len=seq_len, seed=seed))
+    return torch.cat(out)
 
 
 def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> int:
@@ -581,7 +601,10 @@ class _Run:
             hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
             gram += (hw.T @ hk).double()
             cross += (hw.T @ mlp.down_proj(h)).double()
-        return ridge_solve(gram, cross, self.cfg.ridge).T  # [d, k]
+        # Shrunk towards the original kept columns, not towards zero: with little
+        # data (or a large ridge) the refit stays the plain pruned FFN.
+        prior = mlp.down_proj.weight[:, keep].T
+        return ridge_solve(gram, cross, self.cfg.refit_ridge, prior=prior).T  # [d, k]
 
     def _vo_scores(self, wv_j, wo_group, x_sq, ctx_sq_group):
         """Baseline score of each value dim of one KV head: [e]."""
