@@ -1,7 +1,6 @@
 """The pruner on tiny random models: exactness, round trips, budget, bad input."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -77,9 +76,21 @@ def test_pruned_checkpoint_round_trips(dense_dir, tmp_path):
     save_model_checkpoint(model, again)
     ids = _ids(2, 16, seed=5)
     assert torch.equal(_logits(out, ids), _logits(again, ids))
-    # a prune that keeps 70 % of the params still tracks the dense model
+    # a prune that keeps 70 % of the params still tracks the dense model: closer
+    # to it than a model of the same widths whose kept weights are random
     ref = _logits(dense_dir, ids)
-    assert float((_logits(out, ids) - ref).norm() / ref.norm()) < 1.0
+    err = float((_logits(out, ids) - ref).norm() / ref.norm())
+    scrambled = tmp_path / "scrambled"
+    state = {k: v for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    for k, v in state.items():
+        if k.startswith("model.layers.") and v.ndim == 2:
+            state[k] = v[torch.randperm(v.shape[0], generator=gen)]
+    model.load_state_dict(state)
+    save_model_checkpoint(model, scrambled)
+    err_scrambled = float((_logits(scrambled, ids) - ref).norm() / ref.norm())
+    print(f"relative logit error: olica {err:.3f}, rows scrambled {err_scrambled:.3f}")
+    assert err < 0.6 * err_scrambled  # measured ratios 0.25-0.51 over the families
 
 
 @pytest.mark.parametrize("method", ["olica", "wanda-sp", "magnitude"])
@@ -209,4 +220,4 @@ def test_layer_spec_count_mismatch(dense_dir, tmp_path):
     with pytest.raises(PruneError, match="layer_specs"):
         prune(str(dense_dir), output=tmp_path / "o", config=PruneConfig(sparsity=0.2), calibration_ids=_ids(),
               layer_specs=[LayerSpec(None, None, 16, 128)], progress=False)
-    assert math.isfinite(1.0)
+    assert not (tmp_path / "o").exists()
