@@ -8,6 +8,7 @@ log-likelihood over all predicted tokens (``seq_len - 1`` per chunk).
 
     olica eval ppl MODEL [--text pydoc|FILE|wikitext2|c4] [--seq-len 128]
                          [--max-chunks K] [--reference MODEL] [--json]
+    olica eval behaviour MODEL [--reference DENSE] [--json]   (olica_prune.behaviour)
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     from .sources import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="olica eval", description="Evaluate a dense or pruned model.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{ppl}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{ppl,behaviour}")
     p = sub.add_parser("ppl", help="perplexity on held-out text (and top-1 agreement with --reference)",
                        description="Perplexity on non-overlapping chunks of held-out text: exp of the mean "
                                    "next-token NLL over all predicted tokens.")
@@ -102,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Parsed by olica_prune.behaviour (eval_main hands it the arguments untouched); listed for --help.
+    sub.add_parser("behaviour", add_help=False,
+                   help="chat exact-match and zero-shot multiple-choice accuracy through vLLM "
+                        "(olica eval behaviour --help)")
     return parser
 
 
@@ -117,6 +122,10 @@ def _load(model: str, *, dtype: torch.dtype, device: str):
 
 def eval_main(argv: list[str]) -> int:
     """``olica eval ...``: parse ``argv`` (the words after "eval"), measure, print."""
+    if argv[:1] == ["behaviour"]:
+        from .behaviour import behaviour_main
+
+        return behaviour_main(argv[1:])
     from .data import eval_chunks, split_label
 
     parser = _parser()
