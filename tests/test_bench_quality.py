@@ -12,12 +12,16 @@ quality = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(quality)
 
 
-def _row(method, sparsity, ppl):
-    return {"method": method, "sparsity": sparsity, "achieved": sparsity, "ppl_128": ppl, "agreement": 0.5}
+def _row(method, sparsity, ppl, ppl_b=None):
+    ppl_b = ppl if ppl_b is None else ppl_b
+    return {"method": method, "sparsity": sparsity, "achieved": sparsity, "agreement": 0.5,
+            "ppl": {"a": {"128": ppl}, "b": {"128": ppl_b}, "pydoc": {"128": 7.0}},
+            "geomean_128": (ppl * ppl_b) ** 0.5, "ppl_128": ppl}
 
 
 def _results(rows, ablation=(), **extra):
-    return {"model": "m", "calibration": "c", "eval_tokens": {"128": 100}, "dense": {"ppl_128": 10.0},
+    return {"model": "m", "calibration": "c", "eval_tokens": {"a": {"128": 100}}, "report_domains": ["a", "b"],
+            "dense": {"ppl": {"a": {"128": 10.0}, "b": {"128": 10.0}, "pydoc": {"128": 5.0}}, "geomean_128": 10.0},
             "rows": list(rows), "ablation": list(ablation), **extra}
 
 
@@ -40,10 +44,15 @@ def test_merge_replaces_same_method_and_sparsity_and_keeps_the_rest():
 def test_markdown_ratio_and_large_perplexities():
     table = quality.markdown(_results([_row("wanda-sp", 0.2, 30.0), _row("olica", 0.2, 15.0),
                                        _row("magnitude", 0.2, 12345678.0)]))
-    assert "| 20.0% | olica | 15.00 | 0.500 |" in table
+    assert "| 20.0% | olica | 15.00 | 15.00 | **15.00** | 7.00 | 0.500 |" in table
     assert "1.23e+07" in table
     # (15 - 10) / (30 - 10)
-    assert "Olica's PPL@128 increase over dense is 0.25 x wanda-sp's" in table
+    assert "olica at 20%: geomean PPL@128 rise over dense is 0.25 x wanda-sp's; better than wanda-sp on every" in table
+
+
+def test_markdown_names_the_domains_where_olica_is_not_better():
+    table = quality.markdown(_results([_row("wanda-sp", 0.2, 30.0, 12.0), _row("olica", 0.2, 15.0, 14.0)]))
+    assert "not better than wanda-sp on b" in table
 
 
 @pytest.mark.parametrize("ppl, text", [(9.5, "9.50"), (9999.0, "9999.00"), (25000.0, "2.50e+04")])
