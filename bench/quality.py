@@ -58,6 +58,7 @@ ABLATION = {
     "separate SVD": dict(method="olica", ond="separate"),
     "V/O input statistics (paper)": dict(method="olica", vo_stats="input"),
     "calibration text: pydoc": dict(method="olica", dataset="pydoc"),
+    "calibration text: prose": dict(method="olica", dataset="suite:calibration-prose"),
 }
 AGREEMENT_CHUNKS = 10  # per report domain, at the shortest seq-len
 
@@ -201,6 +202,8 @@ def main() -> None:
     calib_cache: dict[str, torch.Tensor] = {}
 
     def calibration_for(source: str) -> torch.Tensor:
+        if source.startswith("suite:"):  # a text of the suite (olica_prune.suite), e.g. the calibration candidate
+            source = str(suite.text_dir() / f"{source.removeprefix('suite:')}.txt")
         if source not in calib_cache:
             calib_cache[source] = calibration_mix(src, tok, source, num_samples=args.num_samples, seq_len=128,
                                                   seed=args.seed, device="cpu", progress=False)

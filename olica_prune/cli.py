@@ -30,8 +30,9 @@ def _prune_parser(sub) -> None:
     p.add_argument("--preset", default="olica", choices=["olica", "paper"],
                    help="olica (default: settings chosen on the evaluation suite's dev domains) or paper (the "
                         "Olica paper's configuration); explicit options below override the preset")
-    p.add_argument("--ond", default="fast", choices=["fast", "exact", "separate", "none"],
-                   help="V/O decomposition: fast OND (default), exact OND, separate SVDs (ablation), none")
+    p.add_argument("--ond", default=None, choices=["fast", "exact", "separate", "none"],
+                   help="V/O decomposition: exact OND (olica default), fast OND (paper default), separate SVDs "
+                        "(ablation), none")
     p.add_argument("--vo-stats", default=None, choices=["context", "input"],
                    help="weigh the V/O basis by the heads' attention outputs (default) or by the value inputs "
                         "(the paper's choice)")
@@ -45,7 +46,10 @@ def _prune_parser(sub) -> None:
     p.add_argument("--ffn-score", default=None, choices=["contribution", "paper", "wanda", "magnitude"],
                    help="how FFN neurons are ranked (default: the preset's)")
     p.add_argument("--ridge", type=float, default=1e-3,
-                   help="per-direction ridge of the least-squares fits, relative to each direction's scale")
+                   help="per-direction ridge of the calibration-branch fit, relative to each direction's scale")
+    p.add_argument("--refit-ridge", type=float, default=None,
+                   help="per-direction ridge of the down_proj refit, shrinking towards the original columns "
+                        "(default: the preset's)")
     p.add_argument("--no-calibration", dest="calibration", action="store_false", default=None,
                    help="skip the linear calibration of FFN residuals")
     p.add_argument("--no-refit-down", dest="refit_down", action="store_false", default=None,
@@ -57,9 +61,10 @@ def _prune_parser(sub) -> None:
     p.add_argument("--calibration-rank", type=int, default=None, help="rank of each branch (default --align)")
     p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
     p.add_argument("--v-align", type=int, default=8, help="multiple for v_head_dim (default 8)")
-    p.add_argument("--calibration", dest="dataset", default="pydoc",
-                   help="calibration text: pydoc (offline default), self (sampled from the model itself), "
-                        "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca")
+    p.add_argument("--calibration", dest="dataset", default="self",
+                   help="calibration text: self (default: sampled from the model itself, no data needed), pydoc, "
+                        "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca; join sources with '+' "
+                        "to share the windows (e.g. self+pydoc)")
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -81,7 +86,7 @@ def _run_prune(args) -> int:
     torch.set_grad_enabled(False)
     config = PruneConfig(
         sparsity=args.sparsity, method=args.method, preset=args.preset, ond=args.ond, vo_stats=args.vo_stats,
-        vo_sparsity=args.vo_sparsity, ffn_score=args.ffn_score, ridge=args.ridge,
+        vo_sparsity=args.vo_sparsity, ffn_score=args.ffn_score, ridge=args.ridge, refit_ridge=args.refit_ridge,
         allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
         calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends,

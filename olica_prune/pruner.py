@@ -53,28 +53,38 @@ class PruneError(ValueError):
 
 # Presets fill every setting the user left unset (None). "paper" is the
 # configuration of the Olica paper; "olica" is the project default, chosen on
-# the dev domains of the evaluation suite (olica_prune.suite), never on the
-# report domains. Values given as strings are in units of the target sparsity s.
+# the DEV domains of the evaluation suite (olica_prune.suite.DEV_DOMAINS;
+# bench/dev_sweep.py, bench/results/dev/), never on the report domains.
+# Values given as strings are in units of the target sparsity s ("1.5s", "s/2").
 PRESETS: dict[str, dict[str, Any]] = {
     "olica": {
-        "qk_sparsity": 0.0, "vo_sparsity": None, "calibration": True, "refit_down": True,
-        "vo_stats": "context", "ffn_score": "contribution", "spare_ends": True,
+        # The paper's split (Q/K low rank, V/O at s/2, FFN the rest) with: the V/O
+        # basis weighted by what the heads read (attention outputs) and exact OND,
+        # the kept down_proj columns refitted by a ridge shrunk towards the original
+        # columns (ridge 1: half way in each direction's own scale).
+        "qk_sparsity": "1.5s", "vo_sparsity": "s/2", "calibration": True, "refit_down": True,
+        "refit_ridge": 1.0, "vo_stats": "context", "ond": "exact", "ffn_score": "paper", "spare_ends": True,
     },
     "paper": {
         # Q/K low rank removing 2s of their params, V/O removing 2s/(1+3) = s/2,
         # FFN the rest; L/5 calibrated layers; FFN scores from gate/up/down;
-        # V/O weighted by the value inputs; no down_proj refit.
+        # V/O weighted by the value inputs (fast OND); no down_proj refit.
         "qk_sparsity": "2s", "vo_sparsity": "s/2", "calibration": True, "refit_down": False,
-        "vo_stats": "input", "ffn_score": "paper", "spare_ends": True,
+        "refit_ridge": 1e-3, "vo_stats": "input", "ond": "fast", "ffn_score": "paper", "spare_ends": True,
     },
 }
 FFN_SCORES = ("contribution", "paper", "wanda", "magnitude")
+QK_CAP = 0.8  # Q/K low rank never removes more than this share of Q/K (2s would remove all at s = 0.5)
 
 
 def _in_units_of_s(value, s: float):
-    # Q/K low rank at 2s is capped at 0.8: at s >= 0.5 it would remove all of Q/K.
-    units = {"2s": min(2 * s, 0.8), "s/2": s / 2, "s": s}
-    return units[value] if isinstance(value, str) and value in units else value
+    if not isinstance(value, str):
+        return value
+    if value == "s/2":
+        return s / 2
+    if value.endswith("s"):
+        return float(value[:-1] or 1) * s
+    return value
 
 
 @dataclasses.dataclass
@@ -85,7 +95,7 @@ class PruneConfig:
     sparsity: float
     method: str = "olica"  # olica | magnitude | wanda-sp
     preset: str = "olica"  # olica (project default) | paper
-    ond: str = "fast"  # fast | exact | separate | none  (olica only)
+    ond: str | None = None  # fast | exact | separate | none  (olica only)
     allocation: str | None = None  # uniform (default) | adaptive
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
     vo_sparsity: float | None = None  # fraction of V/O width removed per pruned layer (None: same as FFN)
@@ -93,7 +103,7 @@ class PruneConfig:
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
     ridge: float = 1e-3  # per-direction (Jacobi) ridge of the calibration branch fit (shrinks towards no branch)
-    refit_ridge: float = 1e-3  # same for the down_proj refit (shrinks towards the original columns)
+    refit_ridge: float | None = None  # same for the down_proj refit (shrinks towards the original columns)
     refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons
     token_weighting: bool = False  # olica: weigh tokens by 1/‖residual stream‖² in every fit
     vo_stats: str | None = None  # V/O basis weighted by attention outputs (context) or value inputs (input)
@@ -101,7 +111,7 @@ class PruneConfig:
     ffn_score: str | None = None  # contribution | paper | wanda | magnitude (default: the method's)
     align: int = 32
     v_align: int = 8
-    dataset: str = "pydoc"
+    dataset: str = "self"  # calibration text: sampled from the model itself (chosen on the dev domains)
     num_samples: int = 128
     seq_len: int = 128
     seed: int = 0
@@ -119,8 +129,6 @@ class PruneConfig:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise PruneError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.ond not in ("fast", "exact", "separate", "none"):
-            raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
         if self.method != "olica":
             # Baselines: the same units, scored their way, nothing else.
             self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0
@@ -130,7 +138,10 @@ class PruneConfig:
             self.vo_stats = self.vo_stats or "context"
         for name, value in PRESETS[self.preset].items():
             if getattr(self, name) is None:
-                setattr(self, name, _in_units_of_s(value, self.sparsity))
+                value = _in_units_of_s(value, self.sparsity)
+                setattr(self, name, min(value, QK_CAP) if name == "qk_sparsity" else value)
+        if self.ond not in ("fast", "exact", "separate", "none"):
+            raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
         if self.vo_stats not in ("context", "input"):
             raise PruneError(f"unknown vo_stats {self.vo_stats!r}; choose context or input")
         if self.ffn_score is not None and self.ffn_score not in FFN_SCORES:

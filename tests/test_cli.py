@@ -33,7 +33,8 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     assert "sparsity" in printed and f"wrote {out}" in printed
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["OlicaForCausalLM"]
-    assert cfg["olica"]["calibration"]["dataset"] == "pydoc"
+    assert cfg["olica"]["calibration"]["dataset"] == "self"  # the default: sampled from the model
+    assert cfg["olica"]["calibration"]["num_samples"] == 16 and cfg["olica"]["calibration"]["seq_len"] == 64
     assert (out / "tokenizer.json").is_file()
     report = json.loads((out / "olica_report.json").read_text())
     assert abs(report["sparsity"]["achieved"] - 0.1) <= 0.005
