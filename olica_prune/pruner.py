@@ -197,12 +197,8 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     weights = SourceWeights(src)
     out_dtype = weights.source_dtype() if config.dtype == "auto" else getattr(torch, config.dtype)
 
-    if calibration_ids is None:
-        tokenizer = AutoTokenizer.from_pretrained(str(src))
-        calibration_ids = calibration_mix(src, tokenizer, config.dataset, num_samples=config.num_samples,
-                                          seq_len=config.seq_len, seed=config.seed, device=device,
-                                          progress=progress)
-    n_tokens = calibration_ids.numel()
+    # Known before any calibration text is read or sampled, so a bad setting fails at once.
+    n_tokens = calibration_ids.numel() if calibration_ids is not None else config.num_samples * config.seq_len
     cal_layers_n = 0
     if config.calibration:
         cal_layers_n = config.calibration_layers if config.calibration_layers is not None else max(
@@ -213,6 +209,11 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
                 f"linear calibration needs at least 2×hidden_size = {2 * dims.hidden_size} calibration tokens for "
                 f"its ridge solve, got {n_tokens}; raise --num-samples/--seq-len or pass --no-calibration"
             )
+    if calibration_ids is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+        calibration_ids = calibration_mix(src, tokenizer, config.dataset, num_samples=config.num_samples,
+                                          seq_len=config.seq_len, seed=config.seed, device=device,
+                                          progress=progress)
     cal_rank = config.calibration_rank or config.align
     align = Alignment(ffn=config.align, v=config.v_align, rank=config.align)
     run = _Run(weights=weights, config=hf_config, dims=dims, qkv_bias=adapter.qkv_bias, device=device,

@@ -112,6 +112,10 @@ def self_calibration(model_dir: str | Path, tokenizer, *, num_samples: int = 128
     cache_file = cache_dir() / "selfcal" / f"{_cache_key(model_dir, num_samples, seq_len, seed)}.pt"
     if use_cache and cache_file.is_file():
         return torch.load(cache_file)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_causal_lm(model_dir, dtype=dtype, device=str(device))
