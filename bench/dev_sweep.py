@@ -71,6 +71,9 @@ VARIANTS: dict[str, dict] = {
     "ctx-exact-vo.25s": dict(preset="paper", vo_stats="context", ond="exact", vo_sparsity="0.25s"),
     "ctx-exact-nocal": dict(preset="paper", vo_stats="context", ond="exact", calibration=False),
     "ctx-vo.25s": dict(preset="paper", vo_stats="context", vo_sparsity="0.25s"),
+    # the default preset, and the default with branches ranked on the pruned stream (no dense pass)
+    "default": dict(preset="olica"),
+    "default-rank-pruned": dict(preset="olica", calibration_ranking="pruned"),
     # third round (CPU): the second round's winners combined
     "ctx-exact-refit1": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True, refit_ridge=1.0),
     "ctx-exact-refit1-qk1.5s": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True,

@@ -59,6 +59,9 @@ def _prune_parser(sub) -> None:
                    help="prune the first and last layer too")
     p.add_argument("--calibration-layers", type=int, default=None, help="layers that get a branch (default L/5)")
     p.add_argument("--calibration-rank", type=int, default=None, help="rank of each branch (default --align)")
+    p.add_argument("--calibration-ranking", default="dense", choices=["dense", "pruned"],
+                   help="which layers get a branch: ranked by a dense pass (default) or by how much of the "
+                        "residual the branch explains on the pruned stream after the refit (no dense pass)")
     p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
     p.add_argument("--v-align", type=int, default=8, help="multiple for v_head_dim (default 8)")
     p.add_argument("--calibration", dest="dataset", default="self",
@@ -89,7 +92,8 @@ def _run_prune(args) -> int:
         vo_sparsity=args.vo_sparsity, ffn_score=args.ffn_score, ridge=args.ridge, refit_ridge=args.refit_ridge,
         allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
-        calibration_rank=args.calibration_rank, refit_down=args.refit_down, spare_ends=args.spare_ends,
+        calibration_rank=args.calibration_rank, calibration_ranking=args.calibration_ranking,
+        refit_down=args.refit_down, spare_ends=args.spare_ends,
         align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, max_shard_gb=args.max_shard_gb,

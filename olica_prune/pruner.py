@@ -102,6 +102,7 @@ class PruneConfig:
     calibration: bool | None = None  # linear calibration of FFN residuals (olica only)
     calibration_layers: int | None = None  # how many layers get a branch (default L/5)
     calibration_rank: int | None = None  # default: the rank alignment
+    calibration_ranking: str = "dense"  # which layers get a branch: ranked in a dense pass | on the pruned stream
     ridge: float = 1e-3  # per-direction (Jacobi) ridge of the calibration branch fit (shrinks towards no branch)
     refit_ridge: float | None = None  # same for the down_proj refit (shrinks towards the original columns)
     refit_down: bool | None = None  # least-squares down_proj over the kept FFN neurons
@@ -153,6 +154,8 @@ class PruneConfig:
             raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
         if self.vo_sparsity is not None and not (0 <= self.vo_sparsity < 1):
             raise PruneError(f"vo-sparsity must be in [0, 1), got {self.vo_sparsity}")
+        if self.calibration_ranking not in ("dense", "pruned"):
+            raise PruneError(f"unknown calibration ranking {self.calibration_ranking!r}; choose dense or pruned")
         if not (self.ridge >= 0 and self.refit_ridge >= 0):
             raise PruneError(f"ridge must be >= 0, got {self.ridge} / {self.refit_ridge}")
         for name in ("align", "v_align", "num_samples", "seq_len", "batch_size"):
@@ -226,41 +229,60 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         if len(layer_specs) != dims.num_layers:
             raise PruneError(f"layer_specs has {len(layer_specs)} entries for {dims.num_layers} layers")
         cal_layers_n = 0
-    if layer_specs is None and (config.allocation == "adaptive" or cal_layers_n):
+    candidates = [i for i in range(dims.num_layers) if i not in spare_layers]
+    # "pruned": every candidate layer fits its branch on the pruned stream (after
+    # the refit), the stream continues without it, and the best-explained
+    # cal_layers_n keep theirs at the end; no dense pass. Every branch has the same
+    # size, so the widths do not depend on which layers get one.
+    rank_on_pruned = bool(cal_layers_n) and config.calibration_ranking == "pruned"
+    if layer_specs is None and (config.allocation == "adaptive" or (cal_layers_n and not rank_on_pruned)):
         t = time.perf_counter()
         uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
-        costs, predictability = run.measure_dense(ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n else 0)
+        costs, predictability = run.measure_dense(ffn_keep=uniform_keep,
+                                                  cal_rank=cal_rank if cal_layers_n and not rank_on_pruned else 0)
         timings["measure_s"] = time.perf_counter() - t
-        if cal_layers_n:
-            candidates = [i for i in range(dims.num_layers) if i not in spare_layers]
+        if cal_layers_n and not rank_on_pruned:
             cal_choice = sorted(sorted(candidates, key=lambda i: -predictability[i])[:cal_layers_n])
+    if rank_on_pruned:
+        cal_choice = candidates[:cal_layers_n]  # placeholder for the width plan
     specs = list(layer_specs) if layer_specs is not None else plan_widths(
         dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation, costs=costs,
         qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
         spare_layers=spare_layers, vo_sparsity=config.vo_sparsity)
-    cal_choice = [i for i, s in enumerate(specs) if s.calibration_rank]
-
-    out_config = dict(raw_config)
-    out_config["architectures"] = [ARCHITECTURE]
-    out_config.setdefault("model_type", hf_config.model_type)
-    out_config.pop("quantization_config", None)
-    out_config["dtype"] = str(out_dtype).removeprefix("torch.")
-    out_config.pop("torch_dtype", None)
-    params_dense = count_parameters(None, dims, qkv_bias=adapter.qkv_bias)
-    spec = OlicaSpec(source_architecture=adapter.architecture, qkv_bias=adapter.qkv_bias, layers=specs)
-    params_pruned = count_parameters(spec, dims)
-    spec.sparsity = {"target": config.sparsity, "achieved": round(1 - params_pruned / params_dense, 5),
-                     "params_dense": params_dense, "params_pruned": params_pruned}
-    spec.calibration = {"dataset": config.dataset, "num_samples": int(calibration_ids.shape[0]),
-                        "seq_len": int(calibration_ids.shape[1]), "seed": config.seed}
-    out_config["olica"] = spec.to_dict()
 
     t = time.perf_counter()
     with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=int(config.max_shard_gb * 1e9)) as writer:
         for name in ("model.embed_tokens.weight", "model.norm.weight") + (
                 () if dims.tie_word_embeddings else ("lm_head.weight",)):
             writer.add(name, weights.get(name).to(out_dtype))
-        layer_reports = run.prune_layers(specs, writer=writer, out_dtype=out_dtype)
+        layer_reports = run.prune_layers(specs, writer=writer, out_dtype=out_dtype,
+                                         branch_candidates=candidates if rank_on_pruned else None,
+                                         branch_rank=cal_rank)
+        if rank_on_pruned:
+            explained = {r["layer"]: r["calibration_explained"] for r in layer_reports if "calibration_explained" in r}
+            chosen = sorted(sorted(explained, key=lambda i: -explained[i])[:cal_layers_n])
+            for i in chosen:
+                for name, tensor in run.branches[i].items():
+                    writer.add(f"model.layers.{i}.{name}", tensor.to(out_dtype))
+            specs = [dataclasses.replace(sp, calibration_rank=cal_rank if i in chosen else 0)
+                     for i, sp in enumerate(specs)]
+            for r in layer_reports:
+                r["calibration_rank"] = cal_rank if r["layer"] in chosen else 0
+        cal_choice = [i for i, sp in enumerate(specs) if sp.calibration_rank]
+        out_config = dict(raw_config)
+        out_config["architectures"] = [ARCHITECTURE]
+        out_config.setdefault("model_type", hf_config.model_type)
+        out_config.pop("quantization_config", None)
+        out_config["dtype"] = str(out_dtype).removeprefix("torch.")
+        out_config.pop("torch_dtype", None)
+        params_dense = count_parameters(None, dims, qkv_bias=adapter.qkv_bias)
+        spec = OlicaSpec(source_architecture=adapter.architecture, qkv_bias=adapter.qkv_bias, layers=specs)
+        params_pruned = count_parameters(spec, dims)
+        spec.sparsity = {"target": config.sparsity, "achieved": round(1 - params_pruned / params_dense, 5),
+                         "params_dense": params_dense, "params_pruned": params_pruned}
+        spec.calibration = {"dataset": config.dataset, "num_samples": int(calibration_ids.shape[0]),
+                            "seq_len": int(calibration_ids.shape[1]), "seed": config.seed}
+        out_config["olica"] = spec.to_dict()
         timings["prune_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         report = {
@@ -464,13 +486,24 @@ class _Run:
 
     # --------------------------------------------------------- prune pass
     @torch.no_grad()
-    def prune_layers(self, specs, *, writer: CheckpointWriter, out_dtype: torch.dtype) -> list[dict[str, Any]]:
+    def prune_layers(self, specs, *, writer: CheckpointWriter, out_dtype: torch.dtype,
+                     branch_candidates: list[int] | None = None, branch_rank: int = 0) -> list[dict[str, Any]]:
+        """Prune every layer in order and write it. With ``branch_candidates``, those
+        layers fit a calibration branch that is kept aside (``self.branches``), not
+        applied to the stream nor written: the caller decides which to keep."""
         hidden = self._embed()
         reports = []
+        self.branches: dict[int, dict[str, torch.Tensor]] = {}
         for i in self._bar(f"pruning ({self.cfg.method})"):
             t0 = time.perf_counter()
             layer = self._layer(i)
-            state, rep, hidden = self._prune_layer(i, layer, specs[i], hidden)
+            spec = specs[i]
+            aside = branch_candidates is not None and i in branch_candidates
+            if branch_candidates is not None:
+                spec = dataclasses.replace(spec, calibration_rank=branch_rank if aside else 0)
+            state, rep, hidden = self._prune_layer(i, layer, spec, hidden, branch_aside=aside)
+            if aside:
+                self.branches[i] = {n: state.pop(n) for n in list(state) if n.startswith("mlp.calibration.")}
             for name, tensor in state.items():
                 writer.add(f"model.layers.{i}.{name}", tensor.to(out_dtype))
             rep.update(dataclasses.asdict(specs[i]))
@@ -479,7 +512,7 @@ class _Run:
             del layer
         return reports
 
-    def _prune_layer(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor]):
+    def _prune_layer(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor], *, branch_aside: bool = False):
         cfg, dims = self.cfg, self.dims
         d, e, g, h = dims.hidden_size, dims.head_dim, dims.num_kv_heads, dims.num_heads
         attn = layer.self_attn
@@ -577,8 +610,13 @@ class _Run:
                 ffn.add_residual(layer.post_attention_layernorm(hb), keep, down=state["mlp.down_proj.weight"],
                                  weights=_token_weights(hb) if weighted else None)
             cal = ffn.fit(spec.calibration_rank, cfg.ridge)
-            state["mlp.calibration.lowrank_a.weight"] = cal.a.float()
-            state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
+            if branch_aside:  # fitted and reported, but the stream (and this layer's output) goes on without it
+                aside = {"mlp.calibration.lowrank_a.weight": cal.a.float(),
+                         "mlp.calibration.lowrank_b.weight": cal.b.float()}
+                spec = dataclasses.replace(spec, calibration_rank=0)
+            else:
+                state["mlp.calibration.lowrank_a.weight"] = cal.a.float()
+                state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
         pruned = build_layer(self.config, i, spec, state, qkv_bias=self.qkv_bias, device=self.device)
         ffn_err, ffn_ref, new_hidden = 0.0, 0.0, []
         for b, hb in enumerate(mid):
@@ -597,7 +635,10 @@ class _Run:
         }
         if cal is not None:
             rep["calibration_explained"] = round(cal.explained, 4)
-        return {n: t.detach() for n, t in pruned.state_dict().items()}, rep, new_hidden
+        out_state = {n: t.detach() for n, t in pruned.state_dict().items()}
+        if branch_aside and cal is not None:
+            out_state.update(aside)
+        return out_state, rep, new_hidden
 
     def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], keep: torch.Tensor, *,
                     weighted: bool) -> torch.Tensor:

@@ -221,3 +221,24 @@ def test_layer_spec_count_mismatch(dense_dir, tmp_path):
         prune(str(dense_dir), output=tmp_path / "o", config=PruneConfig(sparsity=0.2), calibration_ids=_ids(),
               layer_specs=[LayerSpec(None, None, 16, 128)], progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_calibration_layers_ranked_on_the_pruned_stream(dense_dir, tmp_path):
+    """--calibration-ranking pruned: every candidate fits a branch on the pruned stream, the best
+    explained keep theirs; same widths and parameter count as the dense-pass ranking, no dense pass."""
+    cfg = dict(sparsity=0.3, align=8, v_align=4, calibration_layers=2)
+    dense_rank = prune(str(dense_dir), output=tmp_path / "d", config=PruneConfig(**cfg), calibration_ids=_ids(),
+                       progress=False)
+    rep = prune(str(dense_dir), output=tmp_path / "p", config=PruneConfig(calibration_ranking="pruned", **cfg),
+                calibration_ids=_ids(), progress=False)
+    assert "measure_s" not in rep["timings"] and "measure_s" in dense_rank["timings"]
+    explained = {r["layer"]: r["calibration_explained"] for r in rep["layers"]}
+    assert len(explained) == len(rep["layers"])  # every candidate layer fitted one
+    best = sorted(sorted(explained, key=lambda i: -explained[i])[:2])
+    assert rep["calibration_layers"] == best
+    spec = OlicaSpec.from_config(json.loads((tmp_path / "p" / "config.json").read_text()))
+    assert [i for i, layer in enumerate(spec.layers) if layer.calibration_rank] == best
+    assert rep["sparsity"]["params_pruned"] == dense_rank["sparsity"]["params_pruned"]
+    ids = _ids(2, 16, seed=5)
+    logits = _logits(tmp_path / "p", ids)  # loads: the branch tensors match the spec
+    assert torch.isfinite(logits).all()
