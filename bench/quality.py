@@ -60,7 +60,7 @@ ABLATION = {
     "calibration text: pydoc": dict(method="olica", dataset="pydoc"),
     "calibration text: prose": dict(method="olica", dataset="suite:calibration-prose"),
 }
-AGREEMENT_CHUNKS = 10  # per report domain, at the shortest seq-len
+AGREEMENT_CHUNKS = 5  # per report domain, at the shortest seq-len
 
 
 def _commit() -> str:
@@ -171,6 +171,9 @@ def main() -> None:
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[128])
     ap.add_argument("--max-chunks", type=int, default=40, help="cap evaluation chunks per domain and seq-len")
     ap.add_argument("--calibration", default=None, help="calibration source (default: PruneConfig's default)")
+    ap.add_argument("--ablations", nargs="*", default=list(ABLATION), choices=list(ABLATION),
+                    help="ablation rows at --ablation-sparsity")
+    ap.add_argument("--no-pydoc", action="store_true", help="skip the pydoc extra column")
     ap.add_argument("--ablation-sparsity", type=float, default=0.2, help="0 to skip the V/O ablation")
     ap.add_argument("--timing", nargs="*", default=None,
                     help="prune-time/memory runs: tiny smollm2-135m random_1b (none by default)")
@@ -213,7 +216,8 @@ def main() -> None:
     texts = {d: str(suite.text_dir() / f"{d}.txt") for d in suite.REPORT_DOMAINS}
     for d in suite.REPORT_DOMAINS:
         suite.domain_text(d)  # one clear error if the suite is not fetched
-    texts["pydoc (extra, not in the mean)"] = "pydoc"
+    if not args.no_pydoc:
+        texts["pydoc (extra, not in the mean)"] = "pydoc"
     chunks = {d: {n: eval_chunks(tok, t, seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
               for d, t in texts.items()}
     dense = load_causal_lm(src)
@@ -270,8 +274,8 @@ def main() -> None:
         for name in args.extra_methods:
             results["rows"].append(run(name, METHODS[name], args.ablation_sparsity))
             save()
-        for name, overrides in ABLATION.items():
-            results["ablation"].append(run(name, overrides, args.ablation_sparsity))
+        for name in args.ablations:
+            results["ablation"].append(run(name, ABLATION[name], args.ablation_sparsity))
             save()
 
     try:
