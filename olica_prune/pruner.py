@@ -137,7 +137,12 @@ class PruneConfig:
             self.spare_ends = bool(self.spare_ends)
             self.refit_down = bool(self.refit_down)
             self.vo_stats = self.vo_stats or "context"
+            # The method defines its own scores and split: nothing from the olica presets.
+            self.ffn_score = self.ffn_score or ("wanda" if self.method == "wanda-sp" else "magnitude")
+            self.refit_ridge = 1e-3 if self.refit_ridge is None else self.refit_ridge
         for name, value in PRESETS[self.preset].items():
+            if self.method != "olica" and name == "vo_sparsity":
+                continue  # baselines: V/O and FFN lose the same fraction (None), unless given
             if getattr(self, name) is None:
                 value = _in_units_of_s(value, self.sparsity)
                 setattr(self, name, min(value, QK_CAP) if name == "qk_sparsity" else value)

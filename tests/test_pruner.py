@@ -11,7 +11,7 @@ from olica_prune.budget import Alignment, BudgetError, LayerCosts, plan_widths
 from olica_prune.contract import LayerSpec, ModelDims, OlicaSpec, count_parameters
 from olica_prune.layers import BadWeightsError
 from olica_prune.modeling import OlicaForCausalLM, load_causal_lm
-from olica_prune.pruner import PruneConfig, PruneError, prune
+from olica_prune.pruner import PRESETS, PruneConfig, PruneError, prune
 from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
 from olica_prune.writer import OutputExistsError
 
@@ -242,3 +242,13 @@ def test_calibration_layers_ranked_on_the_pruned_stream(dense_dir, tmp_path):
     ids = _ids(2, 16, seed=5)
     logits = _logits(tmp_path / "p", ids)  # loads: the branch tensors match the spec
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("method, score", [("wanda-sp", "wanda"), ("magnitude", "magnitude")])
+def test_baselines_keep_their_own_scores_and_split(method, score):
+    """The olica presets must not leak into the baselines (FFN score, V/O share, Q/K, refit, calibration)."""
+    for preset in PRESETS:
+        cfg = PruneConfig(sparsity=0.2, method=method, preset=preset)
+        assert cfg.ffn_score == score
+        assert cfg.vo_sparsity is None and cfg.qk_sparsity == 0.0
+        assert not cfg.calibration and not cfg.refit_down and cfg.ond == "none"
