@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,16 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import commit_hash  # noqa: E402
 from olica_prune import behaviour  # noqa: E402
 from olica_prune.sources import resolve_model  # noqa: E402
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -41,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "behaviour.json"))
     args = ap.parse_args(argv)
     chat_items, mc_items = behaviour.load_chat_set(), behaviour.load_mc_set()
-    result = {"commit": _commit(), "enforce_eager": args.enforce_eager, "dtype": "bfloat16",
+    result = {"commit": commit_hash(), "enforce_eager": args.enforce_eager, "dtype": "bfloat16",
               "chat_items": len(chat_items), "mc_items": len(mc_items), "models": {}}
     for spec in args.models:
         name, _, model = spec.partition("=")

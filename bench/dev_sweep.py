@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from olica_prune.data import calibration_batches, eval_chunks  # noqa: E402
-from olica_prune.evaluate import perplexity  # noqa: E402
+from olica_prune.data import eval_chunks  # noqa: E402
+from olica_prune.evaluate import geometric_mean, perplexity  # noqa: E402
 from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, prune  # noqa: E402
+from olica_prune.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
 from olica_prune.sources import resolve_model  # noqa: E402
+from bench.common import commit_hash  # noqa: E402
 from olica_prune import suite  # noqa: E402
 
 # name -> PruneConfig overrides. "s" in a value means the target sparsity.
@@ -90,22 +89,6 @@ def _resolve(overrides: dict, s: float) -> dict:
     return out
 
 
-def _commit() -> str:
-    import os
-
-    if os.environ.get("OLICA_COMMIT"):  # a copy of the tree without .git (e.g. a GPU machine)
-        return os.environ["OLICA_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -135,7 +118,7 @@ def main(argv=None) -> int:
     chunks = {d: eval_chunks(tok, str(suite.text_dir() / f"{d}.txt"), seq_len=args.seq_len,
                              max_chunks=args.max_chunks) for d in suite.DEV_DOMAINS}
     out_path = Path(args.out)
-    result = {"commit": _commit(), "model": args.model, "device": device, "seq_len": args.seq_len,
+    result = {"commit": commit_hash(), "model": args.model, "device": device, "seq_len": args.seq_len,
               "max_chunks": args.max_chunks, "dev_domains": list(suite.DEV_DOMAINS), "rows": []}
     if args.merge and out_path.is_file():
         result["rows"] = json.loads(out_path.read_text())["rows"]
@@ -155,21 +138,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="olica-sweep-"))
     try:
         for cal in args.calibration.split(","):
-            parts = cal.split("+")
-            counts = [args.num_samples // len(parts)] * len(parts)
-            counts[0] += args.num_samples - sum(counts)
-            pieces = []
-            for part, n in zip(parts, counts):
-                if part == "self" and args.self_ids:
-                    pieces.append(torch.load(args.self_ids)[:n])  # the first rows of the same stream
-                elif part == "self":
-                    from olica_prune.selfcal import self_calibration
-
-                    pieces.append(self_calibration(src, tok, num_samples=n, seq_len=128, seed=0, device=device,
-                                                   progress=False))
-                else:
-                    pieces.append(calibration_batches(tok, part, num_samples=n, seq_len=128, seed=0))
-            ids = torch.cat(pieces)
+            ids = calibration_mix(src, tok, cal, num_samples=args.num_samples, seq_len=128, seed=0, device=device,
+                                  progress=False, self_ids=torch.load(args.self_ids) if args.self_ids else None)
             for s in args.sparsity:
                 for name in names:
                     overrides = _resolve(VARIANTS[name], s)
@@ -189,7 +159,7 @@ def main(argv=None) -> int:
                     ppl = {d: perplexity(model, c, progress=False) for d, c in chunks.items()}
                     del model
                     shutil.rmtree(path, ignore_errors=True)
-                    rel = _geomean([ppl[d] / dense_ppl[d] for d in ppl])
+                    rel = geometric_mean([ppl[d] / dense_ppl[d] for d in ppl])
                     row = {"variant": name, "sparsity": s, "calibration": cal, "overrides": VARIANTS[name],
                            "ppl": ppl, "geomean_ratio_to_dense": rel, "prune_s": round(prune_s, 1),
                            "commit": result["commit"]}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import shutil
 import subprocess
@@ -35,9 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import commit_hash  # noqa: E402
 from olica_prune import suite  # noqa: E402
 from olica_prune.data import eval_chunks  # noqa: E402
-from olica_prune.evaluate import perplexity, token_agreement  # noqa: E402
+from olica_prune.evaluate import geometric_mean, perplexity, token_agreement  # noqa: E402
 from olica_prune.modeling import load_causal_lm  # noqa: E402
 from olica_prune.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
 from olica_prune.sources import resolve_model  # noqa: E402
@@ -63,23 +63,6 @@ ABLATION = {
 AGREEMENT_CHUNKS = 5  # per report domain, at the shortest seq-len
 
 
-def _commit() -> str:
-    import os
-
-    if os.environ.get("OLICA_COMMIT"):
-        return os.environ["OLICA_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def geomean(xs) -> float:
-    xs = list(xs)
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
 def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]]) -> dict:
     """``chunks``: domain -> seq-len -> [n, seq] ids. PPL per domain and seq-len,
     the geometric mean over the report domains, top-1 agreement with dense."""
@@ -88,7 +71,7 @@ def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]]) -> d
     out: dict = {"ppl": {d: {str(n): perplexity(model, c, progress=False) for n, c in by_len.items()}
                          for d, by_len in chunks.items()}}
     for n in lens:
-        out[f"geomean_{n}"] = geomean(out["ppl"][d][str(n)] for d in suite.REPORT_DOMAINS if d in chunks)
+        out[f"geomean_{n}"] = geometric_mean(out["ppl"][d][str(n)] for d in suite.REPORT_DOMAINS if d in chunks)
     if dense_model is not None:
         first = lens[0]
         agree = [token_agreement(model, dense_model, chunks[d][first][:AGREEMENT_CHUNKS])
@@ -221,7 +204,7 @@ def main() -> None:
     chunks = {d: {n: eval_chunks(tok, t, seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
               for d, t in texts.items()}
     dense = load_causal_lm(src)
-    results = {"model": args.model, "commit": _commit(), "report_domains": list(suite.REPORT_DOMAINS),
+    results = {"model": args.model, "commit": commit_hash(), "report_domains": list(suite.REPORT_DOMAINS),
                "eval_text": "report domains of olica_prune.suite; pydoc held-out split as an extra column",
                "calibration": f"{cal_source}, {args.num_samples} x 128 tokens, seed {args.seed}",
                "eval_tokens": {d: {str(n): int(c.numel()) for n, c in by_len.items()} for d, by_len in chunks.items()},

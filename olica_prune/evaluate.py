@@ -60,6 +60,12 @@ def negative_log_likelihood(model, chunks: torch.LongTensor, *, batch_size: int 
     return total, count
 
 
+def geometric_mean(values) -> float:
+    """exp(mean(log v)): how summaries over several domains are formed."""
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 def perplexity(model, chunks: torch.LongTensor, *, batch_size: int = 8, progress: bool = True) -> float:
     """exp(mean next-token NLL) over all predicted tokens of the non-overlapping ``chunks``."""
     total, count = negative_log_likelihood(model, chunks, batch_size=batch_size, progress=progress)
@@ -223,7 +229,7 @@ def _suite_report(args, names, model, tokenizer, ref_model, *, dtype_name: str, 
     for role in ("report", "dev"):
         vals = [r["perplexity"] for r in rows.values() if r["role"] == role]
         if vals:
-            result[f"geomean_{role}"] = math.exp(sum(math.log(v) for v in vals) / len(vals))
+            result[f"geomean_{role}"] = geometric_mean(vals)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -150,7 +150,7 @@ class PruneConfig:
             raise PruneError(f"unknown --ond {self.ond!r}; choose fast, exact, separate or none")
         if self.vo_stats not in ("context", "input"):
             raise PruneError(f"unknown vo_stats {self.vo_stats!r}; choose context or input")
-        if self.ffn_score is not None and self.ffn_score not in FFN_SCORES:
+        if self.ffn_score not in FFN_SCORES:
             raise PruneError(f"unknown ffn score {self.ffn_score!r}; choose one of {', '.join(FFN_SCORES)}")
         self.allocation = self.allocation or "uniform"
         if self.allocation not in ("adaptive", "uniform"):
@@ -306,10 +306,12 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 
 
 def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: int, seed: int, device,
-                    progress: bool = True) -> torch.Tensor:
+                    progress: bool = True, self_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Calibration windows from ``dataset``: one source, or several joined by
     ``+`` (e.g. ``self+pydoc``), which share the windows evenly (the first
-    takes the remainder). ``self`` samples text from the model itself."""
+    takes the remainder). ``self`` samples text from the model itself, or takes
+    the first rows of ``self_ids`` when given (a stream sampled earlier, e.g. on
+    another machine: the first rows of a longer stream are the same windows)."""
     from .data import calibration_batches
 
     parts = [p for p in dataset.split("+") if p]
@@ -321,7 +323,9 @@ def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: 
     for part, n in zip(parts, counts):
         if n == 0:
             continue
-        if part == "self":
+        if part == "self" and self_ids is not None:
+            out.append(self_ids[:n])
+        elif part == "self":
             from .selfcal import self_calibration
 
             out.append(self_calibration(src, tokenizer, num_samples=n, seq_len=seq_len, seed=seed, device=device,
@@ -592,7 +596,7 @@ class _Run:
         ffn = _FfnStats(mlp, d, self.device)
         for hb in mid:
             ffn.add_h(layer.post_attention_layernorm(hb), weights=_token_weights(hb) if weighted else None)
-        ffn_score = cfg.ffn_score or {"olica": "contribution", "wanda-sp": "wanda"}.get(cfg.method, "magnitude")
+        ffn_score = cfg.ffn_score  # always set by PruneConfig (the preset, or the baseline's own)
         if ffn_score == "contribution":
             scores = ffn.contribution_scores()
         elif ffn_score == "paper":

@@ -52,3 +52,15 @@ def test_mixed_sources_share_the_windows(tmp_path, monkeypatch):
     from olica_prune.data import calibration_batches
 
     assert torch.equal(ids[3:], calibration_batches(tok, "pydoc", num_samples=2, seq_len=32, seed=0))
+
+
+def test_mixed_sources_take_a_presampled_self_stream(tmp_path):
+    from transformers import AutoTokenizer
+
+    from olica_prune.sources import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("smollm2-135m")))
+    stream = torch.arange(10 * 32).view(10, 32)
+    ids = calibration_mix(tmp_path, tok, "self+pydoc", num_samples=5, seq_len=32, seed=0, device="cpu",
+                          progress=False, self_ids=stream)
+    assert torch.equal(ids[:3], stream[:3])  # no model is loaded: tmp_path holds none
