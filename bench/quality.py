@@ -216,7 +216,7 @@ def main() -> None:
     if args.merge and Path(args.out).exists():
         prior = json.loads(Path(args.out).read_text())
         for key in ("model", "calibration", "eval_tokens", "dense"):
-            if prior.get(key) != results[key]:
+            if not _same(prior.get(key), results[key]):
                 sys.exit(f"--merge: {args.out} was measured with a different {key} "
                          f"({prior.get(key)!r} vs {results[key]!r}); write to another --out")
 
@@ -238,7 +238,7 @@ def main() -> None:
         except Exception as exc:  # a method that cannot reach a sparsity is a result, not a crash
             print(f"{name} @ {sparsity}: {type(exc).__name__}: {exc}", flush=True)
             return {"method": name, "sparsity": sparsity, "error": str(exc)}
-        row = {"method": name, "sparsity": sparsity, "achieved": rep["sparsity"]["achieved"],
+        row = {"method": name, "sparsity": sparsity, "commit": results["commit"], "achieved": rep["sparsity"]["achieved"],
                "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks)}
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -278,6 +278,16 @@ def main() -> None:
     print(markdown(merged(prior, results)))
 
 
+def _same(a, b, rel: float = 1e-4) -> bool:
+    """Equal, with floats compared to ``rel``: the dense perplexities of two runs
+    differ in the last digits when the thread count differs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b
+
+
 def merged(prior: dict | None, new: dict) -> dict:
     """``new`` added to ``prior``: new rows replace old rows of the same method and sparsity."""
     if prior is None:
@@ -290,6 +300,8 @@ def merged(prior: dict | None, new: dict) -> dict:
         out[key] = sorted(rows, key=lambda r: (r["sparsity"], order.get(r["method"], len(order))))
     if "timing" in new:
         out["timing"] = {**prior.get("timing", {}), **new["timing"]}
+    # Rows carry their own commit; "commit" stays the first run's (the rows without one).
+    out["merged_commits"] = sorted(set(prior.get("merged_commits", [])) | {new["commit"]})
     out["bench_seconds"] = round(prior.get("bench_seconds", 0) + new.get("bench_seconds", 0), 1)
     out["peak_rss_gib"] = max(prior.get("peak_rss_gib", 0), new.get("peak_rss_gib", 0))
     return out
