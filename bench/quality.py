@@ -301,7 +301,7 @@ def merged(prior: dict | None, new: dict) -> dict:
     if "timing" in new:
         out["timing"] = {**prior.get("timing", {}), **new["timing"]}
     # Rows carry their own commit; "commit" stays the first run's (the rows without one).
-    out["merged_commits"] = sorted(set(prior.get("merged_commits", [])) | {new["commit"]})
+    out["merged_commits"] = sorted(set(prior.get("merged_commits", [])) | {new.get("commit", "unknown")})
     out["bench_seconds"] = round(prior.get("bench_seconds", 0) + new.get("bench_seconds", 0), 1)
     out["peak_rss_gib"] = max(prior.get("peak_rss_gib", 0), new.get("peak_rss_gib", 0))
     return out

@@ -32,8 +32,10 @@ class FamilyAdapter:
                 f"{self.architecture} with attention_bias=true (o_proj bias) is not supported"
             )
         act = get("hidden_act", "silu")
-        if act not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
-            raise UnsupportedModelError(f"hidden_act={act!r} is not supported")
+        if act != "silu":
+            # The vLLM model (olica_serve) implements SiLU-gated MLPs only.
+            raise UnsupportedModelError(f"hidden_act={act!r} is not supported: Olica checkpoints are served with "
+                                        "SiLU-gated MLPs only (Llama, Mistral, Qwen2 use silu)")
         if get("num_attention_heads") % (get("num_key_value_heads") or get("num_attention_heads")):
             raise UnsupportedModelError("num_attention_heads must be a multiple of num_key_value_heads")
 

@@ -146,12 +146,14 @@ def _guard(fn) -> int:
     from .budget import BudgetError
     from .contract import OlicaCheckpointError
     from .layers import BadWeightsError
+    from .preflight import OptionError
     from .pruner import PruneError
     from .sources import ModelSourceError
-    from .writer import OutputExistsError
+    from .writer import CheckpointWriteError, OutputExistsError
 
     expected: tuple[type[BaseException], ...] = (UnsupportedModelError, BudgetError, OlicaCheckpointError,
-                                                 BadWeightsError, PruneError, ModelSourceError, OutputExistsError)
+                                                 BadWeightsError, PruneError, ModelSourceError, OutputExistsError,
+                                                 CheckpointWriteError, OptionError)
     try:
         from .data import DataSourceError
 

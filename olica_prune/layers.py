@@ -32,11 +32,31 @@ class SourceWeights:
             hint = " (found PyTorch *.bin files: convert them to safetensors first)" if bins else ""
             raise BadWeightsError(f"{self.path} holds no *.safetensors weights{hint}")
         self._where: dict[str, Path] = {}
+        self._dtype: dict[str, str] = {}  # safetensors dtype string, e.g. "BF16", "F8_E4M3"
         for f in files:
-            with safe_open(str(f), framework="pt") as sf:
-                for name in sf.keys():
-                    self._where[name] = f
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    for name in sf.keys():
+                        self._where[name] = f
+                        self._dtype[name] = sf.get_slice(name).get_dtype()
+            except Exception as exc:  # SafetensorError: truncated, corrupt, not a safetensors file
+                raise BadWeightsError(f"{f} is truncated or corrupt ({str(exc).splitlines()[0]}); "
+                                      "download or copy it again") from None
         self._open = {}
+
+    def check_complete(self, names, *, what: str = "the source model") -> None:
+        """Refuse before any work: a tensor the pruner will need is missing, or is
+        stored quantized (8-bit floats, packed integers), which would read as garbage."""
+        missing = [n for n in names if n not in self._where]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise BadWeightsError(f"{what} at {self.path} lacks tensor {missing[0]}{more}; "
+                                  "it is not a complete Llama-family checkpoint")
+        odd = sorted({self._dtype[n] for n in names} - set(_FLOAT_DTYPES))
+        if odd:
+            raise BadWeightsError(
+                f"{what} at {self.path} stores weights as {', '.join(odd)} (quantized); Olica prunes "
+                "full-precision weights: use the model's unquantized (bf16/fp16/fp32) release")
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -50,9 +70,13 @@ class SourceWeights:
         if name not in self._where:
             raise BadWeightsError(f"tensor {name} is missing from {self.path}")
         f = self._where[name]
-        if f not in self._open:
-            self._open[f] = safe_open(str(f), framework="pt")
-        t = self._open[f].get_tensor(name).to(dtype)
+        try:
+            if f not in self._open:
+                self._open[f] = safe_open(str(f), framework="pt")
+            t = self._open[f].get_tensor(name).to(dtype)
+        except Exception as exc:  # the file changed or broke since it was opened
+            raise BadWeightsError(f"cannot read tensor {name} from {f} ({str(exc).splitlines()[0]}); "
+                                  "the file is truncated or corrupt") from None
         if not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise BadWeightsError(f"tensor {name} holds {bad} NaN/Inf values; the source checkpoint is corrupt")
@@ -66,10 +90,11 @@ class SourceWeights:
             return _safetensors_dtype(sf.get_slice(name).get_dtype())
 
 
+_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
 def _safetensors_dtype(s: str) -> torch.dtype:
-    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(
-        s, torch.float32
-    )
+    return _FLOAT_DTYPES.get(s, torch.float32)
 
 
 def load_config(path: str | Path):

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .adapters import adapter_for
 from .budget import Alignment, BudgetError, LayerCosts, plan_widths
-from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters
+from . import preflight
+from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
 from .layers import SourceWeights, build_layer, load_config, read_dense_layer, rotary
 from .linalg import (
     damped_cholesky,
@@ -173,14 +174,6 @@ class PruneConfig:
             raise PruneError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PruneError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: bool = False,
           progress: bool = True, calibration_ids: torch.Tensor | None = None,
           layer_specs: list | None = None) -> dict[str, Any]:
@@ -196,13 +189,27 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 
     t_start = time.perf_counter()
     output = Path(output)
+    device = preflight.parse_device(config.device)
     check_output_path(output, overwrite=overwrite)
     src = resolve_model(model)
+    preflight.check_output(output, src)
+    # Everything about the source is checked before transformers reads it and
+    # before any calibration text is sampled.
+    raw_config = preflight.read_raw_config(src)
+    preflight.check_not_quantized(src, raw_config)
+    preflight.check_architecture(raw_config)
+    if calibration_ids is None:
+        preflight.check_tokenizer(src)
     hf_config, raw_config = load_config(src)
     adapter = adapter_for(raw_config)
     dims = ModelDims.from_config(hf_config)
-    device = _device(config.device)
     weights = SourceWeights(src)
+    needed = ["model.embed_tokens.weight", "model.norm.weight"] + (
+        [] if dims.tie_word_embeddings else ["lm_head.weight"])
+    for i in range(dims.num_layers):
+        needed += [f"model.layers.{i}.{n}" for n in layer_tensor_shapes(dims.dense_layer(), dims,
+                                                                        qkv_bias=adapter.qkv_bias)]
+    weights.check_complete(needed)
     out_dtype = weights.source_dtype() if config.dtype == "auto" else getattr(torch, config.dtype)
 
     # Known before any calibration text is read or sampled, so a bad setting fails at once.

@@ -139,6 +139,29 @@ def split_gguf_path(spec: SplitGGUF) -> Path:
     return target
 
 
+def gguf_content_key(path: Path) -> str:
+    """A short key of a GGUF file's bytes (sha256), so that a different file with
+    the same name never reuses another's conversion. The hash is remembered per
+    (path, size, mtime) in ``<cache>/gguf-keys.json``: a large file is hashed once."""
+    st = path.stat()
+    index_file = cache_dir() / "gguf-keys.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if stamp not in index:
+        index[stamp] = _sha256(path)
+        try:
+            index_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index_file.with_name(f".{index_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index, indent=1) + "\n")
+            os.replace(tmp, index_file)
+        except OSError:
+            pass  # a read-only cache only costs a re-hash next time
+    return index[stamp][:16]
+
+
 def _converted(out: Path) -> bool:
     return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
@@ -155,7 +178,7 @@ def resolve_model(model: str, *, dtype: str = "float32") -> Path:
         return _gguf_to_hf_dir(split_gguf_path(spec), name=spec.alias, dtype=dtype)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _gguf_to_hf_dir(path, name=path.stem, dtype=dtype)
+        return _gguf_to_hf_dir(path, name=f"{path.stem}-{gguf_content_key(path)}", dtype=dtype)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} has no config.json: not a Hugging Face model directory")
