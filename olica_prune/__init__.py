@@ -5,6 +5,7 @@
 
     from olica_prune import OlicaForCausalLM
     model = OlicaForCausalLM.from_pretrained("out/")
+    # or, after ``import olica_prune``: transformers.AutoModelForCausalLM.from_pretrained("out/")
 """
 
 __version__ = "0.1.0"
@@ -17,6 +18,11 @@ _LAZY = {
     "OlicaSpec": "contract",
     "LayerSpec": "contract",
 }
+
+
+from . import automodel as _automodel  # noqa: E402
+
+_automodel.install()  # AutoModelForCausalLM loads Olica checkpoints (see olica_prune.automodel)
 
 
 def __getattr__(name):
