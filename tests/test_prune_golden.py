@@ -1,0 +1,30 @@
+"""Speed work must not change what is pruned: the widths and per-layer errors of
+small prunes equal those recorded before it (tests/golden_prune.py)."""
+
+import json
+
+import pytest
+
+from golden_prune import CONFIGS, GOLDEN, MODELS, run
+
+RECORDED = json.loads(GOLDEN.read_text())
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("golden")
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_prune_matches_the_recorded_run(model, config, workdir):
+    want, got = RECORDED[f"{model}/{config}"], run(model, config, workdir)
+    assert got["achieved"] == want["achieved"]
+    assert len(got["layers"]) == len(want["layers"])
+    for i, (g, w) in enumerate(zip(got["layers"], want["layers"])):
+        widths = ("q_rank", "k_rank", "v_head_dim", "intermediate_size", "calibration_rank")
+        assert {k: g[k] for k in widths} == {k: w[k] for k in widths}, f"layer {i}"
+        assert g.keys() == w.keys(), f"layer {i}"
+        for k in ("attn_rel_error", "ffn_rel_error", "calibration_explained"):
+            if k in w:
+                assert g[k] == pytest.approx(w[k], abs=1e-4), f"layer {i} {k}"
