@@ -251,7 +251,8 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         t = time.perf_counter()
         uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
         costs, predictability = run.measure_dense(ffn_keep=uniform_keep,
-                                                  cal_rank=cal_rank if cal_layers_n and not rank_on_pruned else 0)
+                                                  cal_rank=cal_rank if cal_layers_n and not rank_on_pruned else 0,
+                                                  vo_costs=config.allocation == "adaptive")
         timings["measure_s"] = time.perf_counter() - t
         if cal_layers_n and not rank_on_pruned:
             cal_choice = sorted(sorted(candidates, key=lambda i: -predictability[i])[:cal_layers_n])
@@ -405,37 +406,46 @@ class _Run:
 
     # --------------------------------------------------------- dense pass
     @torch.no_grad()
-    def measure_dense(self, *, ffn_keep: int, cal_rank: int) -> tuple[list[LayerCosts], list[float]]:
+    def measure_dense(self, *, ffn_keep: int, cal_rank: int,
+                      vo_costs: bool = True) -> tuple[list[LayerCosts], list[float]]:
         """Unit energies and FFN-residual predictability of every dense layer.
 
         Every token's contribution is measured relative to the residual stream
         it is added to (weight ``1/‖h_t‖²``): the next RMSNorm sees the change
         in that proportion. A plain mean would be dominated by the few tokens
         with massive activations and make middle layers look unimportant.
+
+        Without ``vo_costs`` (uniform allocation, where only the FFN energies
+        place rounding chunks) the V/O statistics are not built: zeros instead.
         """
         d = self.dims.hidden_size
         hidden = self._embed()
         costs, predict = [], []
         for i in self._bar("measuring (dense pass)"):
             layer = self._layer(i)
-            chol = damped_cholesky(self._attn_stats(layer, hidden, weighted=True))
-            ctx_cov = self._context_covariance(layer, hidden, weighted=True)
-            vo = self._vo_bases(layer, chol, self.cfg.ond,
-                                ctx_cov if self.cfg.vo_stats == "context" else None)
-            slot_energy = self._slot_energy(layer, vo, ctx_cov)  # [e]
+            if vo_costs:
+                chol = damped_cholesky(self._attn_stats(layer, hidden, weighted=True))
+                ctx_cov = self._context_covariance(layer, hidden, weighted=True)
+                vo = self._vo_bases(layer, chol, self.cfg.ond,
+                                    ctx_cov if self.cfg.vo_stats == "context" else None)
+                slot_energy = self._slot_energy(layer, vo, ctx_cov)  # [e]
+            else:
+                slot_energy = torch.zeros(self.dims.head_dim, dtype=torch.float64)
             mid = [h + self._attention(layer, h) for h in hidden]
             ffn = _FfnStats(layer.mlp, d, self.device)
-            for h in mid:
-                ffn.add_h(layer.post_attention_layernorm(h), weights=_token_weights(h))
+            acts = [ffn.forward(layer.post_attention_layernorm(h)) for h in mid]  # each computed once
+            for h, a in zip(mid, acts):
+                ffn.add_h(a, weights=_token_weights(h))
             energy = ffn.contribution_scores() ** 2
             gain = 0.0
             if cal_rank:
                 keep = torch.argsort(energy, descending=True)[:ffn_keep].sort().values
-                for h in mid:
-                    ffn.add_residual(layer.post_attention_layernorm(h), keep, weights=_token_weights(h))
+                for h, a in zip(mid, acts):
+                    ffn.add_residual(a, keep, weights=_token_weights(h))
                 cal = ffn.fit(cal_rank, self.cfg.ridge)
                 gain = (cal.residual_energy - cal.remaining_energy) / ffn.n
-            hidden = [h + layer.mlp(layer.post_attention_layernorm(h)) for h in mid]
+            hidden = [h + a.f.view_as(h) for h, a in zip(mid, acts)]
+            del acts
             costs.append(LayerCosts(ffn=energy.cpu(), vo=slot_energy.cpu(), stream=1.0))
             predict.append(gain)
             del layer
@@ -601,8 +611,10 @@ class _Run:
         # ---- FFN: neuron selection, then linear calibration of the residual
         mlp = layer.mlp
         ffn = _FfnStats(mlp, d, self.device)
-        for hb in mid:
-            ffn.add_h(layer.post_attention_layernorm(hb), weights=_token_weights(hb) if weighted else None)
+        # gate/up/down of the dense FFN, once per batch: scores, refit, residual and report all use them
+        acts = [ffn.forward(layer.post_attention_layernorm(hb)) for hb in mid]
+        for hb, a in zip(mid, acts):
+            ffn.add_h(a, weights=_token_weights(hb) if weighted else None)
         ffn_score = cfg.ffn_score  # always set by PruneConfig (the preset, or the baseline's own)
         if ffn_score == "contribution":
             scores = ffn.contribution_scores()
@@ -619,11 +631,11 @@ class _Run:
         state["mlp.up_proj.weight"] = mlp.up_proj.weight[keep]
         state["mlp.down_proj.weight"] = mlp.down_proj.weight[:, keep]
         if cfg.refit_down:
-            state["mlp.down_proj.weight"] = self._refit_down(layer, mid, keep, weighted=weighted).float()
+            state["mlp.down_proj.weight"] = self._refit_down(layer, mid, acts, keep, weighted=weighted).float()
         cal = None
         if spec.calibration_rank:
-            for hb in mid:
-                ffn.add_residual(layer.post_attention_layernorm(hb), keep, down=state["mlp.down_proj.weight"],
+            for hb, a in zip(mid, acts):
+                ffn.add_residual(a, keep, down=state["mlp.down_proj.weight"],
                                  weights=_token_weights(hb) if weighted else None)
             cal = ffn.fit(spec.calibration_rank, cfg.ridge)
             if branch_aside:  # fitted and reported, but the stream (and this layer's output) goes on without it
@@ -635,15 +647,15 @@ class _Run:
                 state["mlp.calibration.lowrank_b.weight"] = cal.b.float()
         pruned = build_layer(self.config, i, spec, state, qkv_bias=self.qkv_bias, device=self.device)
         ffn_err, ffn_ref, new_hidden = 0.0, 0.0, []
-        for b, hb in enumerate(mid):
-            x = layer.post_attention_layernorm(hb)
-            out = pruned.mlp(x)
+        for b, (hb, a) in enumerate(zip(mid, acts)):
+            out = pruned.mlp(a.x.view_as(hb))
             if b < REPORT_BATCHES:
-                ref = mlp(x)
+                ref = a.f.view_as(hb)
                 w = _token_weights(hb)
                 ffn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
                 ffn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             new_hidden.append(hb + out)
+        del acts
         rep = {
             "layer": i,
             "attn_rel_error": round(attn_err / max(attn_ref, 1e-30), 6),
@@ -656,20 +668,18 @@ class _Run:
             out_state.update(aside)
         return out_state, rep, new_hidden
 
-    def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], keep: torch.Tensor, *,
+    def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], acts: list[_FfnActs], keep: torch.Tensor, *,
                     weighted: bool) -> torch.Tensor:
         """Least-squares ``down_proj`` over the kept neurons: min E‖W' h_keep − f(x)‖² (ridge-damped)."""
         mlp = layer.mlp
         k = keep.numel()
         gram = torch.zeros(k, k, dtype=torch.float64, device=self.device)
         cross = torch.zeros(k, self.dims.hidden_size, dtype=torch.float64, device=self.device)
-        for hb in mid:
-            x = layer.post_attention_layernorm(hb).reshape(-1, self.dims.hidden_size)
-            h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
-            hk = h[:, keep]
+        for hb, a in zip(mid, acts):
+            hk = a.h[:, keep]
             hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
             gram += (hw.T @ hk).double()
-            cross += (hw.T @ mlp.down_proj(h)).double()
+            cross += (hw.T @ a.f).double()
         # Shrunk towards the original kept columns, not towards zero: with little
         # data (or a large ridge) the refit stays the plain pruned FFN.
         prior = mlp.down_proj.weight[:, keep].T
@@ -690,6 +700,16 @@ def _token_weights(h: torch.Tensor) -> torch.Tensor:
     return 1.0 / sq.clamp_min(1e-12)
 
 
+@dataclasses.dataclass
+class _FfnActs:
+    """One batch through a dense FFN, flattened to tokens: input ``x`` [T, d],
+    intermediate ``h = act(gate x) * up x`` [T, m], output ``f = down h`` [T, d]."""
+
+    x: torch.Tensor
+    h: torch.Tensor
+    f: torch.Tensor
+
+
 class _FfnStats:
     """Running statistics of one FFN on calibration inputs."""
 
@@ -703,33 +723,33 @@ class _FfnStats:
         self.ete = torch.zeros(d, dtype=torch.float64, device=device)
         self.n = 0
 
-    def _h(self, x):
-        return self.mlp.act_fn(self.mlp.gate_proj(x)) * self.mlp.up_proj(x)
-
-    def add_h(self, x: torch.Tensor, *, weights: torch.Tensor | None = None) -> None:
+    def forward(self, x: torch.Tensor) -> _FfnActs:
         x = x.reshape(-1, x.shape[-1])
-        h_sq = self._h(x).double().pow(2)
+        h = self.mlp.act_fn(self.mlp.gate_proj(x)) * self.mlp.up_proj(x)
+        return _FfnActs(x=x, h=h, f=self.mlp.down_proj(h))
+
+    def add_h(self, a: _FfnActs, *, weights: torch.Tensor | None = None) -> None:
+        h_sq = a.h.double().pow(2)
         self.h_sq += (h_sq * weights[:, None]).sum(0) if weights is not None else h_sq.sum(0)
-        self.x_sq += x.double().pow(2).sum(0)
-        self.n += x.shape[0]
+        self.x_sq += a.x.double().pow(2).sum(0)
+        self.n += a.x.shape[0]
 
     def contribution_scores(self) -> torch.Tensor:
         return ffn_contribution_scores(self.h_sq / self.n, self.mlp.down_proj.weight)
 
-    def add_residual(self, x: torch.Tensor, keep: torch.Tensor, *, weights: torch.Tensor | None = None,
+    def add_residual(self, a: _FfnActs, keep: torch.Tensor, *, weights: torch.Tensor | None = None,
                      down: torch.Tensor | None = None) -> None:
         """Accumulate the ridge statistics of ``e = f(x) − f̂(x)``; ``f̂`` keeps the
         neurons ``keep`` with ``down`` as its down projection (default: the original columns)."""
-        x = x.reshape(-1, x.shape[-1])
-        h = self._h(x)
+        h = a.h
         w = self.mlp.down_proj.weight
         if down is None:
             dropped = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
             dropped[keep] = False
             resid = (h[:, dropped] @ w[:, dropped].T).double()  # the dropped neurons' output
         else:
-            resid = (h @ w.T - h[:, keep] @ down.to(h.dtype).T).double()
-        xd = x.double()
+            resid = (a.f - h[:, keep] @ down.to(h.dtype).T).double()
+        xd = a.x.double()
         if weights is not None:
             root = weights.sqrt()[:, None]
             xd, resid = xd * root, resid * root
