@@ -288,10 +288,10 @@ def fit_calibration(xtx: torch.Tensor, xte: torch.Tensor, ete_diag: torch.Tensor
     v = evecs[:, torch.argsort(evals, descending=True)[:rank]]  # [d, r]
     a = (sq[:, None] * v).T @ w.T  # [r, d]   Vᵀ D^½ Ŵᵀ
     b = v / sq[:, None]  # [d, r]   D^-½ V
-    # Remaining energy Σ‖e − B A x‖² = Σ‖e‖² − 2 tr(B A XᵀE) + tr(B A XᵀX Aᵀ Bᵀ)
-    ba = b @ a  # [d_out, d_in]
-    cross = torch.trace(ba @ xe)
-    fit = torch.trace(ba @ c @ ba.T)
+    # Remaining energy Σ‖e − B A x‖² = Σ‖e‖² − 2 tr(B A XᵀE) + tr(B A XᵀX Aᵀ Bᵀ),
+    # with the traces taken through the rank-r factors (no d×d×d products).
+    cross = torch.trace(a @ xe @ b)  # tr(A XᵀE B)
+    fit = torch.sum((b.T @ b) * (a @ c @ a.T))  # tr(BᵀB · A XᵀX Aᵀ), both [r, r] and symmetric
     total = float(ete.sum())
     remaining = total - 2 * float(cross) + float(fit)
     return Calibration(a=a, b=b, residual_energy=total, remaining_energy=max(remaining, 0.0))

@@ -25,6 +25,9 @@ def test_prune_matches_the_recorded_run(model, config, workdir):
         widths = ("q_rank", "k_rank", "v_head_dim", "intermediate_size", "calibration_rank")
         assert {k: g[k] for k in widths} == {k: w[k] for k in widths}, f"layer {i}"
         assert g.keys() == w.keys(), f"layer {i}"
-        for k in ("attn_rel_error", "ffn_rel_error", "calibration_explained"):
-            if k in w:
-                assert g[k] == pytest.approx(w[k], abs=1e-4), f"layer {i} {k}"
+        for k in ("attn_rel_error", "ffn_rel_error"):
+            assert g[k] == pytest.approx(w[k], abs=1e-4), f"layer {i} {k}"
+        # A branch on an FFN that kept every neuron fits rounding noise (its residual is ~1e-7 of
+        # the output), so its share explained is compared only where the FFN was pruned.
+        if "calibration_explained" in w and w["ffn_rel_error"] > 0:
+            assert g["calibration_explained"] == pytest.approx(w["calibration_explained"], abs=1e-4), f"layer {i}"
