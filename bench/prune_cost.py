@@ -1,0 +1,183 @@
+"""What a prune costs, in forward passes: the default prune's wall time divided
+by the wall time of ONE forward pass of the same calibration batch through the
+dense model's layers (transformers, same dtype, device and batch size), plus
+peak memory, in one run.
+
+    python bench/prune_cost.py                         # smollm2-135m and the 1.1 B-shaped random model
+    python bench/prune_cost.py --models smollm2-135m --device cuda
+
+Each measurement runs in a fresh subprocess, so its peak memory is its own:
+``peak_anon_gib`` is the peak of RssAnon (sampled every 50 ms: the memory the
+process itself allocated), ``peak_rss_gib`` (VmHWM) also counts the mapped
+safetensors pages the kernel may drop at will. The calibration batch is given
+to the pruner (128 x 128 tokens; random ids for the random model, the cached
+self-sampled stream for real models), so the time to sample calibration text is
+not in the prune time; it is reported separately when it was measured.
+Results: bench/results/prune_cost.json, with the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import commit_hash  # noqa: E402
+
+SHAPES = {
+    "tiny": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=1024, num_layers=4,
+                 vocab_size=256),  # a smoke test of this script
+    # TinyLlama-1.1B's shape
+    "random_1b": dict(hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64, intermediate_size=5632,
+                      num_layers=22, vocab_size=32000),
+    # Llama-2-7B's shape (GPU only: 27 GB of fp32 weights)
+    "random_7b": dict(hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128, intermediate_size=11008,
+                      num_layers=32, vocab_size=32000),
+}
+
+_PRELUDE = """
+import json, sys, threading, time, torch
+sys.path.insert(0, {root!r})
+torch.set_grad_enabled(False)
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+peak_anon = [0]
+def sample():
+    while True:
+        peak_anon[0] = max(peak_anon[0], status("RssAnon"))
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+ids = torch.load({ids!r})
+"""
+
+_FORWARD = _PRELUDE + """
+from olica_prune.layers import SourceWeights, load_config, read_dense_layer, rotary
+from olica_prune.adapters import adapter_for
+from olica_prune.contract import ModelDims
+from olica_prune.preflight import parse_device
+src = {src!r}
+device = parse_device({device!r})
+cfg, raw = load_config(src)
+qkv_bias = adapter_for(raw).qkv_bias
+dims = ModelDims.from_config(cfg)
+w = SourceWeights(src)
+rope = rotary(cfg, device)
+pos = rope(torch.zeros(1, device=device), torch.arange(ids.shape[1], device=device)[None])
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+sync()
+t = time.perf_counter()
+emb = w.get("model.embed_tokens.weight").to(device)
+hidden = [torch.nn.functional.embedding(b.to(device), emb) for b in ids.split({batch})]
+for i in range(dims.num_layers):
+    layer = read_dense_layer(w, cfg, i, qkv_bias=qkv_bias, device=device)
+    # the same operations the pruner runs per layer: causal attention, then the FFN
+    mid = [h + layer.self_attn(layer.input_layernorm(h), position_embeddings=pos, attention_mask=None)[0]
+           for h in hidden]
+    hidden = [m + layer.mlp(layer.post_attention_layernorm(m)) for m in mid]
+    del layer
+sync()
+print(json.dumps(dict(seconds=time.perf_counter() - t, peak_anon_gib=peak_anon[0] / 2**20,
+                      peak_rss_gib=status("VmHWM") / 2**20)))
+"""
+
+_PRUNE = _PRELUDE + """
+from olica_prune.pruner import PruneConfig, prune
+t = time.perf_counter()
+rep = prune({src!r}, output={out!r}, overwrite=True, calibration_ids=ids, progress=False,
+            config=PruneConfig(sparsity={sparsity}, device={device!r}, batch_size={batch}))
+print(json.dumps(dict(seconds=time.perf_counter() - t, achieved=rep["sparsity"]["achieved"],
+                      timings=rep["timings"], peak_anon_gib=peak_anon[0] / 2**20,
+                      peak_rss_gib=status("VmHWM") / 2**20, device=rep.get("device"))))
+"""
+
+
+def _run(code: str) -> dict:
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _source(kind: str, workdir: Path) -> tuple[str, Path]:
+    """(model directory, calibration ids file)."""
+    import torch
+
+    ids_file = workdir / f"ids-{kind}.pt"
+    if kind in SHAPES:
+        src = workdir / f"src-{kind}"
+        build = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
+save_model_checkpoint(random_dense_model(tiny_config(**{SHAPES[kind]!r})), {str(src)!r}, overwrite=True)
+"""
+        if not (src / "config.json").is_file():
+            subprocess.run([sys.executable, "-c", build], check=True)
+        ids = torch.randint(0, SHAPES[kind]["vocab_size"], (128, 128), generator=torch.Generator().manual_seed(0))
+        torch.save(ids, ids_file)
+        return str(src), ids_file
+    from olica_prune.selfcal import self_calibration
+    from olica_prune.sources import resolve_model
+    from transformers import AutoTokenizer
+
+    src = resolve_model(kind)
+    ids = self_calibration(src, AutoTokenizer.from_pretrained(str(src)), num_samples=128, seq_len=128, seed=0)
+    torch.save(ids, ids_file)
+    return str(src), ids_file
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "random_1b"])
+    ap.add_argument("--sparsity", type=float, default=0.2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune_cost.json"))
+    args = ap.parse_args(argv)
+    import torch
+
+    result = {"commit": commit_hash(), "device": args.device, "threads": torch.get_num_threads(),
+              "sparsity": args.sparsity, "calibration": "128 x 128 tokens, given to the pruner", "models": {}}
+    out = Path(args.out)
+    if out.exists():
+        prior = json.loads(out.read_text())
+        if prior.get("device") == args.device:
+            result["models"] = prior.get("models", {})  # other models' rows stay (each records its commit)
+    with tempfile.TemporaryDirectory(prefix="olica-prune-cost-") as tmp:
+        work = Path(tmp)
+        for kind in args.models:
+            src, ids = _source(kind, work)
+            fmt = dict(root=str(ROOT), ids=str(ids), src=src, device=args.device, batch=args.batch_size,
+                       sparsity=args.sparsity, out=str(work / f"out-{kind}"))
+            t = time.perf_counter()
+            fwd = _run(_FORWARD.format(**fmt))
+            pr = _run(_PRUNE.format(**fmt))
+            row = {"commit": result["commit"], "forward_s": round(fwd["seconds"], 2),
+                   "prune_s": round(pr["seconds"], 2), "forward_passes": round(pr["seconds"] / fwd["seconds"], 2),
+                   "measure_s": round(pr["timings"].get("measure_s", 0.0), 2),
+                   "prune_pass_s": round(pr["timings"]["prune_s"], 2),
+                   "achieved": pr["achieved"], "peak_anon_gib": round(pr["peak_anon_gib"], 3),
+                   "peak_rss_gib": round(pr["peak_rss_gib"], 3),
+                   "forward_peak_anon_gib": round(fwd["peak_anon_gib"], 3),
+                   "bench_s": round(time.perf_counter() - t, 1)}
+            result["models"][kind] = row
+            print(kind, json.dumps(row), flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
