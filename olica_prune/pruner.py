@@ -542,10 +542,24 @@ class _Run:
         return reports
 
     def _prune_layer(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor], *, branch_aside: bool = False):
+        """One layer: the attention step, then the FFN step on the pruned attention's output.
+        Returns (tensors to write, report, the residual stream after the pruned layer)."""
+        weighted = self.cfg.method == "olica" and self.cfg.token_weighting
+        state, mid, attn_rel = self._attention_step(i, layer, spec, hidden, weighted=weighted)
+        out_state, ffn_rel, cal, new_hidden = self._ffn_step(i, layer, spec, state, mid, weighted=weighted,
+                                                             branch_aside=branch_aside)
+        rep = {"layer": i, "attn_rel_error": round(attn_rel, 6), "ffn_rel_error": round(ffn_rel, 6)}
+        if cal is not None:
+            rep["calibration_explained"] = round(cal.explained, 4)
+        return out_state, rep, new_hidden
+
+    def _attention_step(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor], *, weighted: bool):
+        """Q/K low rank and the V/O decomposition (or a baseline's V/O selection) of
+        one layer. Returns the layer's attention tensors and norms, the residual
+        stream after the pruned attention, and its relative output error."""
         cfg, dims = self.cfg, self.dims
         d, e, g, h = dims.hidden_size, dims.head_dim, dims.num_kv_heads, dims.num_heads
         attn = layer.self_attn
-        weighted = cfg.method == "olica" and cfg.token_weighting
         cov = self._attn_stats(layer, hidden, weighted=weighted)
         chol = damped_cholesky(cov)
         state: dict[str, torch.Tensor] = {
@@ -610,7 +624,16 @@ class _Run:
                 attn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
                 attn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             mid.append(hb + out)
+        return state, mid, attn_err / max(attn_ref, 1e-30)
 
+    def _ffn_step(self, i: int, layer: nn.Module, spec, state: dict[str, torch.Tensor], mid: list[torch.Tensor],
+                  *, weighted: bool, branch_aside: bool):
+        """FFN neuron selection, the down_proj refit and the linear calibration branch
+        of one layer, on the stream after its pruned attention (``mid``). ``state``
+        holds the attention step's tensors. Returns the whole layer's tensors, the
+        FFN's relative output error, the branch fit (or None) and the stream after
+        the pruned layer."""
+        cfg, d = self.cfg, self.dims.hidden_size
         # ---- FFN: neuron selection, then linear calibration of the residual
         mlp = layer.mlp
         ffn = _FfnStats(mlp, d, self.device)
@@ -659,17 +682,10 @@ class _Run:
                 ffn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
             new_hidden.append(hb + out)
         del acts
-        rep = {
-            "layer": i,
-            "attn_rel_error": round(attn_err / max(attn_ref, 1e-30), 6),
-            "ffn_rel_error": round(ffn_err / max(ffn_ref, 1e-30), 6),
-        }
-        if cal is not None:
-            rep["calibration_explained"] = round(cal.explained, 4)
         out_state = {n: t.detach() for n, t in pruned.state_dict().items()}
         if branch_aside and cal is not None:
             out_state.update(aside)
-        return out_state, rep, new_hidden
+        return out_state, ffn_err / max(ffn_ref, 1e-30), cal, new_hidden
 
     def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], acts: list[_FfnActs], keep: torch.Tensor, *,
                     weighted: bool) -> torch.Tensor:
