@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
 from olica_prune import behaviour as B
 from olica_prune.behaviour import (
     encode_pair,
@@ -26,6 +25,7 @@ from olica_prune.behaviour import (
     score_mc,
     subset,
 )
+from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
 
 # ---------------------------------------------------------------------------- data
 
