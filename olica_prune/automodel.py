@@ -2,70 +2,78 @@
 
 An Olica checkpoint keeps its source family's ``model_type`` (``llama``,
 ``mistral``, ``qwen2``: vLLM and tokenizers read it) and names
-``OlicaForCausalLM`` in ``architectures``. transformers' auto classes choose,
-for one config class, between several model classes by that ``architectures``
-entry when the mapping holds a tuple; so each supported family's entry becomes
-``(its own class, OlicaForCausalLM)``: dense models load exactly as before and
-Olica checkpoints load as ``OlicaForCausalLM``. No remote code, no pickle.
+``OlicaForCausalLM`` in ``architectures``; transformers alone would build the
+family's dense class and fail on the pruned shapes. ``import olica_prune``
+wraps ``AutoModelForCausalLM.from_pretrained`` and ``from_config``: when the
+config names ``OlicaForCausalLM`` they build that class, and every other model
+goes to transformers untouched (its auto mapping is not changed). No remote
+code, no pickle.
 
 Importing transformers' model classes costs seconds, and transformers imports
 its auto-model module part-way through importing the Llama model itself; so
-``import olica_prune`` only wraps ``AutoModelForCausalLM.from_pretrained`` and
-``from_config`` (once transformers' auto-model module is imported), and the
-mapping is extended on their first call, when every import has finished.
+the wrapping happens right after that module is first imported (or at once,
+if it already is), and the Olica class is imported on the first Olica load.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import json
+import os
 import sys
+from pathlib import Path
 
 _AUTO_MODULE = "transformers.models.auto.modeling_auto"
-_FAMILIES = {  # config class -> module that defines it
-    "LlamaConfig": "transformers.models.llama.configuration_llama",
-    "MistralConfig": "transformers.models.mistral.configuration_mistral",
-    "Qwen2Config": "transformers.models.qwen2.configuration_qwen2",
-}
-_done = False
+ARCHITECTURE = "OlicaForCausalLM"
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
-def register() -> None:
-    """Make AutoModelForCausalLM pick OlicaForCausalLM for Olica checkpoints (idempotent)."""
-    global _done
-    if _done:
-        return
-    _done = True
-    import importlib
+def _architectures(path, kwargs: dict) -> list[str]:
+    """``architectures`` of the config for ``path`` (a local directory or a hub id), or []."""
+    config = kwargs.get("config")
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        return list(getattr(config, "architectures", None) or [])
+    try:
+        local = Path(config if config is not None else path) / "config.json"
+        if local.is_file():
+            return list(json.loads(local.read_text()).get("architectures") or [])
+        from transformers import PretrainedConfig
 
-    from .modeling import OlicaForCausalLM
-
-    # The module itself, not ``from transformers import ...``: this may run while
-    # transformers' package is still part-way through importing it.
-    mapping = sys.modules[_AUTO_MODULE].AutoModelForCausalLM._model_mapping
-    for name, module in _FAMILIES.items():
-        config_cls = getattr(importlib.import_module(module), name)
-        current = mapping[config_cls]
-        choices = tuple(current) if isinstance(current, (list, tuple)) else (current,)
-        if OlicaForCausalLM not in choices:
-            # The family's own class stays first: it is the default when architectures names neither.
-            mapping.register(config_cls, (*choices, OlicaForCausalLM), exist_ok=True)
+        cfg, _ = PretrainedConfig.get_config_dict(str(path), **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+        return list(cfg.get("architectures") or [])
+    except Exception:  # transformers reports whatever is wrong with the path
+        return []
 
 
 def _wrap(auto_module) -> None:
     auto = auto_module.AutoModelForCausalLM
     if getattr(auto, "_olica_wrapped", False):
         return
-    for name in ("from_pretrained", "from_config"):
-        original = getattr(auto, name).__func__
+    original_pretrained = auto.from_pretrained.__func__
+    original_config = auto.from_config.__func__
 
-        def first_register(cls, *args, _original=original, **kwargs):
-            register()
-            return _original(cls, *args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if ARCHITECTURE in _architectures(pretrained_model_name_or_path, kwargs):
+            from .modeling import OlicaForCausalLM
 
-        first_register.__doc__ = original.__doc__
-        first_register.__name__ = name
-        setattr(auto, name, classmethod(first_register))
+            kwargs.pop("trust_remote_code", None)
+            return OlicaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return original_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    def from_config(cls, config, *args, **kwargs):
+        if ARCHITECTURE in (getattr(config, "architectures", None) or []):
+            from .modeling import OlicaForCausalLM
+
+            kwargs.pop("trust_remote_code", None)
+            return OlicaForCausalLM._from_config(config, **kwargs)
+        return original_config(cls, config, *args, **kwargs)
+
+    for name, fn, original in (("from_pretrained", from_pretrained, original_pretrained),
+                               ("from_config", from_config, original_config)):
+        fn.__doc__ = original.__doc__
+        fn.__name__ = name
+        setattr(auto, name, classmethod(fn))
     auto._olica_wrapped = True
 
 
@@ -81,12 +89,12 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         loader = spec.loader
         exec_module = loader.exec_module
 
-        def exec_then_register(module):
+        def exec_then_wrap(module):
             exec_module(module)
             sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
             _wrap(module)
 
-        loader.exec_module = exec_then_register
+        loader.exec_module = exec_then_wrap
         return spec
 
 

@@ -71,3 +71,23 @@ def test_without_olica_import_transformers_alone_cannot_load_it(checkpoints):
     code = f"from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained({str(olica)!r})"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert res.returncode != 0
+
+
+def test_dense_configs_without_architectures_still_load(checkpoints, tmp_path):
+    """Configs that name no architecture (e.g. built in code) go to transformers unchanged."""
+    import json
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    family, _, dense = checkpoints
+    cfg = AutoConfig.from_pretrained(dense)
+    cfg.architectures = None
+    assert type(AutoModelForCausalLM.from_config(cfg)).__name__.endswith("ForCausalLM")
+    bare = tmp_path / "bare"
+    shutil.copytree(dense, bare)
+    raw = json.loads((bare / "config.json").read_text())
+    raw.pop("architectures")
+    (bare / "config.json").write_text(json.dumps(raw))
+    model = AutoModelForCausalLM.from_pretrained(bare)
+    assert type(model) is not OlicaForCausalLM
