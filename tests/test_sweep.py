@@ -1,0 +1,86 @@
+"""olica sweep: prune at several sparsities, report-domain perplexity and vLLM speed per point,
+sweep.json + a PNG chart, resumable."""
+
+import json
+import shutil
+
+import pytest
+
+from olica_prune import sweep as S
+from olica_prune.cli import main
+from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+
+ARGS = ["--sparsities", "0.1,0.2", "--methods", "olica", "--max-chunks", "2", "--speed-prompts", "4",
+        "--input-len", "16", "--output-len", "8", "--enforce-eager", "--dtype", "float32", "--align", "8",
+        "--v-align", "4", "--num-samples", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory):
+    from olica_prune.sources import resolve_model
+    from olica_prune.writer import TOKENIZER_FILES
+
+    path = tmp_path_factory.mktemp("sweep") / "dense"
+    cfg = tiny_config(vocab_size=49152, hidden_size=64, head_dim=32, intermediate_size=2048, num_layers=4,
+                      tie_word_embeddings=True, max_position_embeddings=512)
+    save_model_checkpoint(random_dense_model(cfg, seed=7), path)
+    src = resolve_model("smollm2-135m")
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and name != "generation_config.json":
+            shutil.copy(src / name, path / name)
+    return path
+
+
+@pytest.mark.vllm
+def test_sweep_writes_json_and_png_and_resumes(dense_dir, tmp_path, capsys, monkeypatch):
+    import vllm  # noqa: F401  (a missing vLLM fails this test)
+    from PIL import Image
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "olica 10%" in printed and "olica 20%" in printed and "wrote" in printed
+    result = json.loads((out / "sweep.json").read_text())
+    points = {(p["method"], p["sparsity"]): p for p in result["points"]}
+    assert set(points) == {("dense", 0.0), ("olica", 0.1), ("olica", 0.2)}
+    for p in points.values():
+        assert p["geomean_ppl"] > 1 and p["output_tok_s"] > 0 and p["commit"]
+        assert set(p["ppl"]) >= {"literature", "chat", "code-c"}
+    assert abs(points["olica", 0.2]["achieved"] - 0.2) < 0.01
+    assert points["dense", 0.0]["speedup"] == 1.0 and points["dense", 0.0]["ppl_ratio"] == 1.0
+    assert (out / "olica-0.2" / "config.json").is_file()  # checkpoints kept by default
+    with Image.open(out / "sweep.png") as img:
+        assert img.format == "PNG" and img.size == (900, 600)
+        colours = {c for _, c in img.getcolors(1 << 16)}
+        assert (0, 0, 255) in colours  # the olica points are drawn
+
+    # A rerun resumes: finished points are not measured again.
+    def fail(*a, **k):
+        raise AssertionError("a finished point was measured again")
+
+    monkeypatch.setattr(S, "measure_speed", fail)
+    monkeypatch.setattr(S, "measure_quality", fail)
+    assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 0
+    assert json.loads((out / "sweep.json").read_text())["points"] == result["points"]
+
+
+def test_sweep_refuses_bad_lists_and_other_settings(dense_dir, tmp_path, capsys):
+    assert main(["sweep", str(dense_dir), "-o", str(tmp_path / "a"), "--sparsities", "0.1,x"]) == 2
+    assert "--sparsities" in capsys.readouterr().err
+    assert main(["sweep", str(dense_dir), "-o", str(tmp_path / "b"), "--methods", "olica,best"]) == 2
+    assert "--methods" in capsys.readouterr().err
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"settings": {"other": 1}, "points": []}))
+    assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings" in err[0]
+
+
+def test_chart_without_speed_points_is_still_a_png(tmp_path):
+    from PIL import Image
+
+    S.chart({"model": "m", "points": [{"method": "dense", "sparsity": 0.0, "geomean_ppl": 10.0}]},
+            tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.format == "PNG"
