@@ -73,6 +73,10 @@ VARIANTS: dict[str, dict] = {
     # the default preset, and the default with branches ranked on the pruned stream (no dense pass)
     "default": dict(preset="olica"),
     "default-rank-pruned": dict(preset="olica", calibration_ranking="pruned"),
+    # why wanda-sp collapses on Qwen2.5-Coder (a diagnosis, not a choice of defaults)
+    "wanda-sp-vo0": dict(method="wanda-sp", vo_sparsity=0.0),  # V/O untouched, all of the budget from the FFN
+    "wanda-sp-ends": dict(method="wanda-sp", spare_ends=True),  # first and last layer kept dense
+    "wanda-sp-paper-ffn": dict(method="wanda-sp", ffn_score="paper"),
     # third round (CPU): the second round's winners combined
     "ctx-exact-refit1": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True, refit_ridge=1.0),
     "ctx-exact-refit1-qk1.5s": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True,
