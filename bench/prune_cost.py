@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import commit_hash  # noqa: E402
+from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=1024, num_layers=4,
@@ -43,20 +43,10 @@ SHAPES = {
 }
 
 _PRELUDE = """
-import json, sys, threading, time, torch
+import json, sys, time, torch
 sys.path.insert(0, {root!r})
 torch.set_grad_enabled(False)
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-peak_anon = [0]
-def sample():
-    while True:
-        peak_anon[0] = max(peak_anon[0], status("RssAnon"))
-        time.sleep(0.05)
-threading.Thread(target=sample, daemon=True).start()
+""" + MEMORY_SAMPLER.replace("{", "{{").replace("}", "}}") + """
 ids = torch.load({ids!r})
 """
 

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import commit_hash  # noqa: E402
+from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
 from olica_prune import suite  # noqa: E402
 from olica_prune.data import eval_chunks  # noqa: E402
 from olica_prune.evaluate import geometric_mean, perplexity, token_agreement  # noqa: E402
@@ -105,24 +105,11 @@ save_model_checkpoint(random_dense_model(tiny_config(**shapes)), {src!r}, overwr
         if res.returncode:
             return {"error": res.stderr[-2000:]}
     tiny = kind == "tiny"
-    code = f"""
-import json, sys, threading, time, torch
+    code = MEMORY_SAMPLER + f"""
+import json, sys, time, torch
 sys.path.insert(0, {str(ROOT)!r})
 from olica_prune.pruner import PruneConfig, prune
 
-# VmHWM is this process's peak RSS (ru_maxrss would also carry the parent's peak:
-# Linux hands it over on exec after vfork). It counts the mapped safetensors pages,
-# which the kernel can drop at will, so the anonymous part is sampled too.
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-peak_anon = [0]
-def sample():
-    while True:
-        peak_anon[0] = max(peak_anon[0], status("RssAnon"))
-        time.sleep(0.05)
-threading.Thread(target=sample, daemon=True).start()
 ids = torch.randint(0, 256, ({num_samples}, 128), generator=torch.Generator().manual_seed(0))
 before = status("VmHWM")
 t = time.perf_counter()

@@ -108,37 +108,28 @@ def _run_prune(args) -> int:
     return 0
 
 
+# command -> (module, function taking the remaining arguments); imported only when used
+_SUBTOOLS = {
+    "eval": (".evaluate", "eval_main"),
+    "demo": (".demo", "demo_main"),
+    "fetch-texts": (".suite", "main"),
+    "sweep": (".sweep", "main"),
+    "lm-eval": (".lmeval", "run_lm_eval"),
+    "lm-eval-tasks": (".lmeval", "main"),
+    "fix-vllm": ("olica_serve.vllm_cli", "main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Sub-tools with parsers of their own get their arguments untouched.
-    if argv[:1] == ["eval"]:
-        from .evaluate import eval_main
+    if argv[:1] and argv[0] in _SUBTOOLS:
+        import importlib
 
-        return _guard(lambda: eval_main(argv[1:]))
-    if argv[:1] == ["demo"]:
-        from .demo import demo_main
-
-        return _guard(lambda: demo_main(argv[1:]))
-    if argv[:1] == ["fetch-texts"]:
-        from .suite import main as suite_main
-
-        return _guard(lambda: suite_main(argv[1:]))
-    if argv[:1] == ["sweep"]:
-        from .sweep import main as sweep_main
-
-        return _guard(lambda: sweep_main(argv[1:]))
-    if argv[:1] == ["lm-eval"]:
-        from .lmeval import run_lm_eval
-
-        return _guard(lambda: run_lm_eval(argv[1:]))
-    if argv[:1] == ["lm-eval-tasks"]:
-        from .lmeval import main as lmeval_main
-
-        return _guard(lambda: lmeval_main(argv[1:]))
-    if argv[:1] == ["fix-vllm"]:
-        from olica_serve.vllm_cli import main as fix_main
-
-        return _guard(lambda: fix_main(argv[1:] or ["install"]))
+        module, func = _SUBTOOLS[argv[0]]
+        tool = getattr(importlib.import_module(module, __package__), func)
+        rest = argv[1:] or (["install"] if argv[0] == "fix-vllm" else [])
+        return _guard(lambda: tool(rest))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,sweep,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")

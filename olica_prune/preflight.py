@@ -48,8 +48,9 @@ def check_not_quantized(src: Path, raw: dict[str, Any]) -> None:
             "without an -FP8/-AWQ/-GPTQ/-bnb suffix) and quantize the pruned checkpoint afterwards")
 
 
-def check_architecture(raw: dict[str, Any]) -> None:
-    """Refuse remote-code and unknown families before transformers tries to load them."""
+def check_architecture(raw: dict[str, Any]):
+    """The source family's adapter; remote-code and unknown families are refused
+    before transformers tries to load them."""
     from .adapters import MODEL_TYPES, adapter_for
 
     archs = raw.get("architectures") or []
@@ -58,7 +59,7 @@ def check_architecture(raw: dict[str, Any]) -> None:
         raise UnsupportedModelError(
             f"model_type {raw.get('model_type')!r} ({', '.join(archs) or 'no architecture'}) needs remote code "
             "(auto_map in config.json); Olica prunes only the built-in Llama, Mistral and Qwen2 families")
-    adapter_for(raw)  # unknown architecture, unsupported activation or bias: one line each
+    return adapter_for(raw)  # unknown architecture, unsupported activation or bias: one line each
 
 
 def check_tokenizer(src: Path) -> None:

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import adapter_for
 from .budget import Alignment, BudgetError, LayerCosts, plan_widths
 from . import preflight
 from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
@@ -197,11 +196,10 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     # before any calibration text is sampled.
     raw_config = preflight.read_raw_config(src)
     preflight.check_not_quantized(src, raw_config)
-    preflight.check_architecture(raw_config)
+    adapter = preflight.check_architecture(raw_config)
     if calibration_ids is None:
         preflight.check_tokenizer(src)
-    hf_config, raw_config = load_config(src)
-    adapter = adapter_for(raw_config)
+    hf_config, _ = load_config(src)
     dims = ModelDims.from_config(hf_config)
     weights = SourceWeights(src)
     needed = ["model.embed_tokens.weight", "model.norm.weight"] + (

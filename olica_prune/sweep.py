@@ -158,7 +158,10 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
             result["points"] = prior.get("points", [])  # finished points are kept: resume
         else:
             raise ValueError(f"{result_file} was made with other settings; use another --output or delete it")
-    result["commit"] = _commit()
+    from . import __version__
+    from .provenance import commit_hash
+
+    result["commit"] = commit_hash(mark_dirty=True, fallback=f"olica {__version__} (no git)")
     todo = [("dense", 0.0)] + [(m, sp) for sp in sparsities for m in methods]
     done = {(p["method"], p["sparsity"]) for p in result["points"]}
     chunks = None
@@ -207,25 +210,10 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
     return result
 
 
-def _commit() -> str:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
-        if res.returncode == 0:
-            return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from . import __version__
-
-    return f"olica {__version__} (no git)"
-
-
 def _save(result: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    from .suite import _write_atomic
+
+    _write_atomic(path, json.dumps(result, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
