@@ -1,0 +1,343 @@
+"""Serving speed as users get it: ``vllm serve`` + ``vllm bench serve``, dense vs pruned, one run.
+
+    python bench/serving.py --pruned runs/smol-10 runs/smol-20 runs/smol-30
+
+For each model -- the dense source, every ``--pruned`` checkpoint and a native
+Llama of the same parameter count as one of them (random weights; see
+``bench/throughput.py``) -- this starts stock ``vllm serve`` in vLLM's default
+mode (compiled; ``--enforce-eager`` to compare), then runs stock
+``vllm bench serve`` against it:
+
+- the decode curve: random prompts of ``--input-len`` tokens, exactly
+  ``--output-len`` tokens out (``ignore_eos``), at each ``--concurrency``
+  (default 1, 4, 16, 64): output tok/s, TTFT and TPOT (p50 and p99).
+  Concurrency 1 is batch-1 generation;
+- prefill: long prompts (``--prefill-len``), one output token, concurrency 1:
+  TTFT is the prefill latency of one request.
+
+All models see the same prompts (same tokenizer, dataset seed). Models are
+interleaved round by round (dense, pruned..., native, dense, ...) and the
+median over ``--rounds`` is reported, so a slow spell of a shared machine does
+not land on one model only. The server log also gives the KV-cache capacity
+(tokens) vLLM allocated for each model at the same ``VLLM_CPU_KVCACHE_SPACE``.
+
+Writes ``bench/results/serving.json`` (with the commit) and a PNG of output
+throughput and TPOT against concurrency (``bench/results/serving.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import commit_hash  # noqa: E402
+from throughput import build_native_model, environment, native_config, param_count, read_config  # noqa: E402
+
+from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
+           "median_tpot_ms", "p99_tpot_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms")
+KV_RE = re.compile(r"KV cache size:\s*([\d,]+)\s*tokens")
+
+
+# --------------------------------------------------------------------------- one model: serve + bench
+
+
+def _bench_cmd(server, model_name: str, tokenizer: str, *, input_len: int, output_len: int, concurrency: int,
+               num_prompts: int, seed: int, result_dir: Path, result_file: str) -> list[str]:
+    """The ``vllm bench serve`` command line of one scenario."""
+    from olica_serve.server import vllm_executable
+
+    return [vllm_executable(), "bench", "serve", "--backend", "vllm", "--base-url", server.base_url,
+            "--endpoint", "/v1/completions", "--model", model_name, "--tokenizer", tokenizer,
+            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
+            str(output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(num_prompts),
+            "--max-concurrency", str(concurrency), "--request-rate", "inf", "--seed", str(seed),
+            "--num-warmups", str(min(concurrency, 4)), "--temperature", "0",
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--disable-tqdm",
+            "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
+
+
+def run_scenario(server, model_name: str, tokenizer: str, scenario: dict, *, seed: int, workdir: Path,
+                 tag: str) -> dict:
+    result_file = f"{tag}.json"
+    cmd = _bench_cmd(server, model_name, tokenizer, input_len=scenario["input_len"],
+                     output_len=scenario["output_len"], concurrency=scenario["concurrency"],
+                     num_prompts=scenario["num_prompts"], seed=seed, result_dir=workdir, result_file=result_file)
+    log = workdir / f"{tag}.log"
+    with open(log, "wb") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    path = workdir / result_file
+    if proc.returncode != 0 or not path.is_file():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"vllm bench serve failed for {tag} (exit {proc.returncode}); log {log}:\n{tail}")
+    raw = json.loads(path.read_text())
+    if raw.get("completed") != scenario["num_prompts"]:
+        raise RuntimeError(f"{tag}: {raw.get('completed')} of {scenario['num_prompts']} requests completed")
+    return {k: raw[k] for k in METRICS if k in raw}
+
+
+def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[dict], *, args, workdir: Path,
+                    rnd: int) -> dict:
+    from olica_serve.server import VllmServer
+
+    extra = ["--dtype", args.dtype, "--max-model-len", str(max(args.prefill_len + 1, args.input_len
+                                                                + args.output_len) + 16),
+             "--max-num-seqs", str(max(args.concurrency)), "--no-enable-prefix-caching", "--seed", "0"]
+    if args.enforce_eager:
+        extra.append("--enforce-eager")
+    name = f"{kind}"
+    server = VllmServer(path, *extra, name=name, log_path=workdir / f"server-{kind}-{rnd}.log",
+                        timeout=args.startup_timeout)
+    out = {"kind": kind, "round": rnd, "scenarios": {}}
+    with server:
+        out["startup_s"] = server.startup_s
+        log = server.log_path.read_text(errors="replace")
+        if m := KV_RE.search(log):
+            out["kv_cache_tokens"] = int(m.group(1).replace(",", ""))
+        out["compiled"] = "enforce_eager=True" not in log
+        for sc in scenarios:
+            tag = f"{kind}-{rnd}-{sc['name']}"
+            t0 = time.perf_counter()
+            out["scenarios"][sc["name"]] = run_scenario(server, name, str(tokenizer), sc, seed=args.seed,
+                                                        workdir=workdir, tag=tag)
+            r = out["scenarios"][sc["name"]]
+            print(f"  [{rnd + 1}] {kind:9s} {sc['name']:8s} {r['output_throughput']:8.1f} out tok/s  "
+                  f"TTFT p50 {r['median_ttft_ms']:8.1f} ms  TPOT p50 {r.get('median_tpot_ms', 0):6.1f} ms  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- summary, KV arithmetic, plot
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int) -> dict:
+    """K+V cache bytes per token, summed over layers: as allocated (V padded to
+    the head size) and as the pruned V widths would need."""
+    dims = ModelDims.from_config(config)
+    g, e, L = dims.num_kv_heads, dims.head_dim, dims.num_layers
+    allocated = L * 2 * g * e * dtype_bytes
+    if "olica" in config:
+        spec = OlicaSpec.from_config(config)
+        needed = sum(g * (e + layer.v_head_dim) for layer in spec.layers) * dtype_bytes
+    else:
+        needed = allocated
+    return {"allocated": allocated, "needed_with_pruned_v": needed, "possible_saving": 1 - needed / allocated}
+
+
+def summarize(runs: list[dict], kinds: list[str]) -> dict:
+    out: dict[str, dict] = {}
+    for kind in kinds:
+        rs = [r for r in runs if r["kind"] == kind]
+        per = {}
+        for name in rs[0]["scenarios"]:
+            per[name] = {k: statistics.median(r["scenarios"][name][k] for r in rs)
+                         for k in METRICS if k in rs[0]["scenarios"][name]}
+            per[name]["spread_output_throughput"] = [min(r["scenarios"][name]["output_throughput"] for r in rs),
+                                                     max(r["scenarios"][name]["output_throughput"] for r in rs)]
+        out[kind] = {"scenarios": per, "kv_cache_tokens": rs[0].get("kv_cache_tokens"),
+                     "startup_s": statistics.median(r["startup_s"] for r in rs)}
+    dense = out["dense"]["scenarios"]
+    for kind, o in out.items():
+        for name, r in o["scenarios"].items():
+            r["speedup_vs_dense"] = r["output_throughput"] / dense[name]["output_throughput"]
+            if name == "prefill":
+                r["prefill_speedup_vs_dense"] = dense[name]["median_ttft_ms"] / r["median_ttft_ms"]
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two panels: output tok/s and TPOT p50 against concurrency (log-2 x axis)."""
+    from PIL import Image, ImageDraw
+
+    kinds = list(result["summary"])
+    conc = result["settings"]["concurrency"]
+    colours = ["black", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
+    w, h = 1200, 560
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    s = result["settings"]
+    draw.text((20, 10), f"vllm serve + vllm bench serve, {result['models']['dense']['name']}: {s['input_len']} in / "
+                        f"{s['output_len']} out, {'eager' if s['enforce_eager'] else 'default (compiled)'} mode, "
+                        f"{s['dtype']}, median of {s['rounds']} rounds, commit {result['commit'][:10]}",
+              fill="black")
+    panels = [("output tokens/s", "output_throughput"), ("TPOT p50 (ms)", "median_tpot_ms")]
+    pw = (w - 60) // 2
+    for i, (title, key) in enumerate(panels):
+        x0, y0, x1, y1 = 70 + i * (pw + 20), 60, 70 + i * (pw + 20) + pw - 70, h - 130
+        series = {k: [result["summary"][k]["scenarios"][f"c{c}"][key] for c in conc] for k in kinds}
+        vmax = max(max(v) for v in series.values()) * 1.08
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        draw.text((x0, y0 - 18), title + " vs concurrency", fill="black")
+
+        def px(ci, v):
+            return (x0 + (x1 - x0) * (ci / max(len(conc) - 1, 1)), y1 - (y1 - y0) * v / vmax)
+
+        for t in range(6):
+            v = vmax * t / 5
+            _, py = px(0, v)
+            draw.line([x0 - 4, py, x0, py], fill="black")
+            draw.text((x0 - 55, py - 6), f"{v:.0f}" if vmax > 20 else f"{v:.1f}", fill="black")
+        for ci, c in enumerate(conc):
+            ppx, _ = px(ci, 0)
+            draw.line([ppx, y1, ppx, y1 + 4], fill="black")
+            draw.text((ppx - 6, y1 + 8), str(c), fill="black")
+        draw.text(((x0 + x1) // 2 - 40, y1 + 24), "concurrency", fill="black")
+        for n, (kind, vals) in enumerate(series.items()):
+            colour = colours[n % len(colours)]
+            pts = [px(ci, v) for ci, v in enumerate(vals)]
+            draw.line(pts, fill=colour, width=2)
+            for ppx, ppy in pts:
+                draw.ellipse([ppx - 4, ppy - 4, ppx + 4, ppy + 4], fill=colour)
+        for n, kind in enumerate(series):
+            colour = colours[n % len(colours)]
+            lx, ly = x0 + 10 + (n % 3) * 190, y1 + 45 + (n // 3) * 18
+            draw.rectangle([lx, ly + 3, lx + 14, ly + 11], fill=colour)
+            draw.text((lx + 20, ly), f"{kind} ({result['models'][kind]['params'] / 1e6:.0f} M)", fill=colour)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def markdown(result: dict) -> str:
+    conc = result["settings"]["concurrency"]
+    rows = ["| model | params | ideal | " + " | ".join(f"c={c} out tok/s" for c in conc)
+            + f" | c={conc[0]} TPOT p50 ms | c={conc[-1]} TPOT p50 ms | prefill TTFT p50 ms | KV tokens |",
+            "|---|---:|---:|" + "---:|" * len(conc) + "---:|---:|---:|---:|"]
+    dense_params = result["models"]["dense"]["params"]
+    for kind, o in result["summary"].items():
+        sc, m = o["scenarios"], result["models"][kind]
+        cells = [f"{sc[f'c{c}']['output_throughput']:.1f} ({sc[f'c{c}']['speedup_vs_dense']:.2f}x)" for c in conc]
+        pre = sc.get("prefill", {})
+        rows.append(f"| {kind} | {m['params'] / 1e6:.1f} M | {dense_params / m['params']:.2f}x | "
+                    + " | ".join(cells)
+                    + f" | {sc[f'c{conc[0]}']['median_tpot_ms']:.1f} | {sc[f'c{conc[-1]}']['median_tpot_ms']:.1f}"
+                    + f" | {pre.get('median_ttft_ms', float('nan')):.0f} | {o.get('kv_cache_tokens')} |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dense", default="smollm2-135m", help="dense source model (dir, .gguf or alias)")
+    p.add_argument("--pruned", nargs="+", required=True, help="Olica checkpoints pruned from --dense")
+    p.add_argument("--native-for", default=None,
+                   help="build the native same-size Llama for this pruned checkpoint (default: the one whose "
+                        "target sparsity is closest to 20 %%); 'none' to skip")
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated concurrency levels")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--prompts-per-slot", type=int, default=2,
+                   help="requests per concurrency slot (at least 8 requests per level)")
+    p.add_argument("--prefill-len", type=int, default=1024, help="prompt length of the prefill-only scenario")
+    p.add_argument("--prefill-prompts", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--enforce-eager", action="store_true", help="eager mode (default: vLLM's default, compiled)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--startup-timeout", type=float, default=900)
+    p.add_argument("--output", default=str(ROOT / "bench" / "results" / "serving.json"))
+    p.add_argument("--plot", default=None, help="PNG path (default: next to --output, .png)")
+    p.add_argument("--workdir", default=None, help="keep server and bench logs here")
+    args = p.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+
+    from olica_prune.sources import resolve_model
+
+    dense_dir = resolve_model(args.dense)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="olica-serving-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    models: dict[str, Path] = {"dense": dense_dir}
+    sparsities = {}
+    for path in map(Path, args.pruned):
+        cfg = read_config(path)
+        if "olica" not in cfg:
+            p.error(f"{path} is not an Olica checkpoint (config.json has no 'olica' block)")
+        target = cfg["olica"].get("sparsity", {}).get("target")
+        kind = f"olica-{round(target * 100)}" if target is not None else f"olica-{path.name}"
+        models[kind], sparsities[kind] = path, target
+    if (args.native_for or "").lower() != "none":
+        if args.native_for:
+            like = Path(args.native_for)
+        else:
+            like = min((k for k in sparsities), key=lambda k: abs((sparsities[k] or 0) - 0.2))
+            like = models[like]
+        ncfg = native_config(read_config(dense_dir), param_count(read_config(like)))
+        native_dir = workdir / "native"
+        if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
+                ncfg["intermediate_size"]:
+            build_native_model(dense_dir, ncfg, native_dir)
+        models["native"] = native_dir
+
+    scenarios = [{"name": f"c{c}", "input_len": args.input_len, "output_len": args.output_len, "concurrency": c,
+                  "num_prompts": max(8, args.prompts_per_slot * c)} for c in args.concurrency]
+    scenarios.append({"name": "prefill", "input_len": args.prefill_len, "output_len": 1, "concurrency": 1,
+                      "num_prompts": args.prefill_prompts})
+    dtype_bytes = {"bfloat16": 2, "float16": 2, "float32": 4}.get(args.dtype, 2)
+    info = {}
+    for kind, path in models.items():
+        cfg = read_config(path)
+        dims = ModelDims.from_config(cfg)
+        info[kind] = {"path": str(path), "name": path.name, "params": param_count(cfg),
+                      "layers": dims.num_layers, "kv_bytes_per_token": kv_bytes_per_token(cfg, dtype_bytes)}
+        if kind in sparsities:
+            info[kind]["sparsity"] = cfg["olica"].get("sparsity", {})
+        if kind == "native":
+            info[kind]["describe"] = f"LlamaForCausalLM, FFN {dims.intermediate_size}, random weights"
+
+    runs = []
+    for rnd in range(args.rounds):
+        for kind, path in models.items():
+            print(f"round {rnd + 1}/{args.rounds}: serving {kind} ({path})", flush=True)
+            runs.append(serve_and_bench(kind, path, dense_dir, scenarios, args=args, workdir=workdir, rnd=rnd))
+
+    result = {
+        "commit": commit_hash(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
+                     "scenarios": scenarios, "rounds": args.rounds, "dtype": args.dtype,
+                     "enforce_eager": args.enforce_eager, "seed": args.seed, "prefix_caching": False,
+                     "ignore_eos": True, "tool": "vllm serve + vllm bench serve (random dataset)"},
+        "environment": environment(args.enforce_eager, args.dtype),
+        "models": info,
+        "runs": runs,
+        "summary": summarize(runs, list(models)),
+        "workdir": str(workdir),
+    }
+    s = result["summary"]
+    if "native" in s:
+        for kind in sparsities:
+            result["summary"][kind]["vs_native"] = {
+                name: r["output_throughput"] / s["native"]["scenarios"][name]["output_throughput"]
+                for name, r in s[kind]["scenarios"].items()}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot(result, png)
+    print()
+    print(markdown(result))
+    print(f"\nwrote {out} and {png} (logs in {workdir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
