@@ -159,10 +159,11 @@ def worker(spec: dict) -> dict:
     }
 
 
-def run_engine(kind: str, model: Path, common: dict, workdir: Path, tag: str) -> dict:
+def run_engine(kind: str, model: Path, common: dict, workdir: Path, tag: str, *, script: str = __file__) -> dict:
+    """Run ``script --_worker SPEC`` in a fresh process; return the JSON it printed after RESULT_TAG."""
     spec = dict(common, model=str(model))
     log = workdir / f"{tag}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(script).resolve()), "--_worker", json.dumps(spec)]
     with open(log, "wb") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
     lines = log.read_text(errors="replace").splitlines()

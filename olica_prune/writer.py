@@ -141,7 +141,7 @@ class CheckpointWriter:
         self._total_bytes += nbytes
 
     def _write_error(self, exc: BaseException) -> CheckpointWriteError:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         full = "No space left" in first or "os error 28" in first or getattr(exc, "errno", None) in (28, 122)
         why = f"the disk is full ({first})" if full else first
         kept = ("the existing output is unchanged" if self.output.exists() else "no output was created")

@@ -18,6 +18,14 @@ swapped through its ``layer_type=`` hook. Each layer reads its widths from
 The same model serves Llama, Mistral and Qwen2 sources (``olica.qkv_bias``
 gives Qwen2's Q/K/V bias). Weights are checked tensor by tensor against the
 olica block (``olica_prune.contract``) while they stream in.
+
+Quantization: every linear layer takes vLLM's ``quant_config``, so vLLM's
+online quantization (``--quantization fp8_per_channel`` ...) and checkpoints in
+a per-output-channel compressed-tensors scheme (``olica quantize``: W8A8
+int8) load. Per-channel scales stack along the output dim like the weights;
+``[down | B]`` shares its input dim, so both parts must carry the same scale
+per output row (``olica quantize`` writes it so; a checkpoint that does not
+is refused by name).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.quantization import QuantizationConfig
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.llama import LlamaForCausalLM
@@ -93,8 +102,10 @@ class FusedColumnParallelLinear(LinearBase):
     ``forward`` returns this rank's output, shards in the order given.
     """
 
-    def __init__(self, input_size: int, shards: list[OutputShard], *, bias: bool, prefix: str = "") -> None:
-        super().__init__(input_size, sum(s.rows for s in shards), bias=bias, quant_config=None, prefix=prefix)
+    def __init__(self, input_size: int, shards: list[OutputShard], *, bias: bool,
+                 quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+        super().__init__(input_size, sum(s.rows for s in shards), bias=bias, quant_config=quant_config,
+                         prefix=prefix)
         self.shards = {s.name: i for i, s in enumerate(shards)}
         self._shards = list(shards)
         self.local_sizes = [s.local_rows(self.tp_size) for s in shards]
@@ -111,6 +122,10 @@ class FusedColumnParallelLinear(LinearBase):
             self.register_parameter("bias", None)
 
     def weight_loader(self, param: Parameter, loaded_weight: torch.Tensor, shard_id: str) -> None:
+        # Weights and per-output-channel scales alike: rows of this shard.
+        if param.dim() == 0 or (param.dim() == 1 and param.shape[0] == len(self._shards)):
+            raise OlicaCheckpointError(f"{self.prefix}: per-tensor quantization scales are not supported for "
+                                       "Olica checkpoints; use a per-channel scheme (olica quantize writes one)")
         i = self.shards[shard_id]
         rows = self.local_sizes[i]
         start = self._shards[i].first_row(self.tp_rank, self.tp_size)
@@ -132,11 +147,18 @@ class MergedRowParallelLinear(RowParallelLinear):
     ``down(h) + B(A x)``. Shard ``i`` is the checkpoint weight of part ``i``.
     """
 
-    def __init__(self, input_sizes: list[int], output_size: int, *, prefix: str = "") -> None:
+    def __init__(self, input_sizes: list[int], output_size: int, *, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         self.input_sizes = list(input_sizes)
-        super().__init__(sum(input_sizes), output_size, bias=False, quant_config=None, prefix=prefix)
+        super().__init__(sum(input_sizes), output_size, bias=False, quant_config=quant_config, prefix=prefix)
 
     def weight_loader_v2(self, param: Parameter, loaded_weight: torch.Tensor, shard_id: int = 0) -> None:
+        if getattr(param, "input_dim", None) is None and param.dim() == loaded_weight.dim() and param.dim() > 0 \
+                and param.shape[0] == self.output_size and loaded_weight.shape[0] == self.output_size:
+            # A per-output-channel scale (no input dim): one for all parts,
+            # equal in each part's copy (checked_weights made sure).
+            param.data.copy_(loaded_weight)
+            return
         local = [n // self.tp_size for n in self.input_sizes]
         dst = param.data.narrow(1, sum(local[:shard_id]), local[shard_id])
         dst.copy_(loaded_weight.narrow(1, self.tp_rank * local[shard_id], local[shard_id]))
@@ -154,7 +176,7 @@ class OlicaAttention(nn.Module):
     """Llama attention with optional low-rank Q/K and value width ``v_head_dim``."""
 
     def __init__(self, *, config, layer: LayerSpec, qkv_bias: bool, cache_config: CacheConfig | None,
-                 prefix: str) -> None:
+                 quant_config: QuantizationConfig | None = None, prefix: str) -> None:
         super().__init__()
         dims = ModelDims.from_config(config)
         tp_size = get_tensor_model_parallel_world_size()
@@ -177,16 +199,17 @@ class OlicaAttention(nn.Module):
         if layer.k_rank is None:
             shards.append(OutputShard("k", g, e))
         shards.append(OutputShard("v", g, v))
-        self.qkv_proj = FusedColumnParallelLinear(d, shards, bias=qkv_bias, prefix=f"{prefix}.qkv_proj")
+        self.qkv_proj = FusedColumnParallelLinear(d, shards, bias=qkv_bias, quant_config=quant_config,
+                                                  prefix=f"{prefix}.qkv_proj")
         self.shard_names = [s.name for s in shards]
         self.q_b_proj = self.k_b_proj = None
         if layer.q_rank is not None:
             self.q_b_proj = FusedColumnParallelLinear(layer.q_rank, [OutputShard("q", h, e)], bias=qkv_bias,
-                                                      prefix=f"{prefix}.q_b_proj")
+                                                      quant_config=quant_config, prefix=f"{prefix}.q_b_proj")
         if layer.k_rank is not None:
             self.k_b_proj = FusedColumnParallelLinear(layer.k_rank, [OutputShard("k", g, e)], bias=qkv_bias,
-                                                      prefix=f"{prefix}.k_b_proj")
-        self.o_proj = RowParallelLinear(h * v, d, bias=False, prefix=f"{prefix}.o_proj")
+                                                      quant_config=quant_config, prefix=f"{prefix}.k_b_proj")
+        self.o_proj = RowParallelLinear(h * v, d, bias=False, quant_config=quant_config, prefix=f"{prefix}.o_proj")
 
         self.rotary_emb = get_rope(
             e,
@@ -232,7 +255,8 @@ class OlicaAttention(nn.Module):
 class OlicaMLP(nn.Module):
     """Gated FFN of width ``intermediate_size`` plus calibration ``x -> B(A x)``."""
 
-    def __init__(self, *, hidden_size: int, layer: LayerSpec, hidden_act: str, prefix: str) -> None:
+    def __init__(self, *, hidden_size: int, layer: LayerSpec, hidden_act: str,
+                 quant_config: QuantizationConfig | None = None, prefix: str) -> None:
         super().__init__()
         if hidden_act != "silu":
             raise OlicaCheckpointError(f"hidden_act={hidden_act!r} is not supported; only silu")
@@ -241,9 +265,11 @@ class OlicaMLP(nn.Module):
         self.local_width = m // tp_size
         self.has_calibration = r > 0
         self.gate_up_proj = MergedColumnParallelLinear(
-            hidden_size, [m, m] + ([r] if r else []), bias=False, prefix=f"{prefix}.gate_up_proj"
+            hidden_size, [m, m] + ([r] if r else []), bias=False, quant_config=quant_config,
+            prefix=f"{prefix}.gate_up_proj"
         )
-        self.down_proj = MergedRowParallelLinear([m] + ([r] if r else []), hidden_size, prefix=f"{prefix}.down_proj")
+        self.down_proj = MergedRowParallelLinear([m] + ([r] if r else []), hidden_size, quant_config=quant_config,
+                                                 prefix=f"{prefix}.down_proj")
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,10 +295,10 @@ class OlicaDecoderLayer(nn.Module):
         layer = spec.layers[extract_layer_index(prefix)]
         self.self_attn = OlicaAttention(
             config=config, layer=layer, qkv_bias=spec.qkv_bias, cache_config=vllm_config.cache_config,
-            prefix=f"{prefix}.self_attn",
+            quant_config=vllm_config.quant_config, prefix=f"{prefix}.self_attn",
         )
         self.mlp = OlicaMLP(hidden_size=config.hidden_size, layer=layer, hidden_act=config.hidden_act,
-                            prefix=f"{prefix}.mlp")
+                            quant_config=vllm_config.quant_config, prefix=f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -316,13 +342,26 @@ STACKED_PARAMS = {
 }
 
 
+# Per-output-channel quantization tensors that ride with ``X.weight`` (compressed-tensors names).
+QUANT_SUFFIXES = (".weight_scale", ".weight_zero_point")
+
+
+def _split_quant_suffix(name: str) -> tuple[str, str]:
+    """``X.weight_scale`` -> (``X.weight``, ``_scale``); other names -> (name, "")."""
+    for sfx in QUANT_SUFFIXES:
+        if name.endswith(sfx):
+            return name[: -len(sfx)] + ".weight", sfx[len(".weight"):]
+    return name, ""
+
+
 def param_for(name: str) -> tuple[str, str | int | None]:
     """Map a checkpoint tensor name to ``(parameter name, shard id)``."""
     if name.startswith("model.layers."):
         index, rest = name[len("model.layers."):].split(".", 1)
-        if rest in STACKED_PARAMS:
-            param, shard = STACKED_PARAMS[rest]
-            return f"model.layers.{index}.{param}", shard
+        base, tail = _split_quant_suffix(rest)
+        if base in STACKED_PARAMS:
+            param, shard = STACKED_PARAMS[base]
+            return f"model.layers.{index}.{param}{tail}", shard
     return name, None
 
 
@@ -336,15 +375,38 @@ def checked_weights(config, weights: Iterable[tuple[str, torch.Tensor]]) -> Iter
     """
     spec, dims = OlicaSpec.from_config(config), ModelDims.from_config(config)
     expected = expected_tensor_shapes(spec, dims)
+    quantized = getattr(config, "quantization_config", None) is not None
     found: dict[str, tuple[int, ...]] = {}
+    row_scales: dict[str, tuple[str, torch.Tensor]] = {}  # layer -> first [down | B] scale seen
     for name, tensor in weights:
         shape = tuple(tensor.shape)
         found[name] = shape
         if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and dims.tie_word_embeddings):
             continue
-        check_tensor_shape(name, expected.get(name), shape)
+        base, tail = _split_quant_suffix(name)
+        if tail and quantized and len(expected.get(base, ())) == 2:
+            # one scale (or zero point) per output row of its weight
+            check_tensor_shape(name, (expected[base][0], 1), shape)
+            if base.endswith((".mlp.down_proj.weight", ".mlp.calibration.lowrank_b.weight")):
+                _check_shared_scale(row_scales, name, tensor)
+        else:
+            check_tensor_shape(name, expected.get(name), shape)
         yield name, tensor
-    check_checkpoint_tensors(spec, dims, found)  # now only a missing tensor can fail
+    # now only a missing tensor can fail
+    check_checkpoint_tensors(spec, dims, found, allow_extra=QUANT_SUFFIXES if quantized else ())
+
+
+def _check_shared_scale(seen: dict[str, tuple[str, torch.Tensor]], name: str, scale: torch.Tensor) -> None:
+    """``[down | B]`` is one GEMM in vLLM: both parts need the same scale per output row."""
+    layer = name.split(".mlp.", 1)[0]
+    if layer not in seen:
+        seen[layer] = (name, scale.detach().clone())
+        return
+    other, first = seen.pop(layer)
+    if not torch.equal(first.to(scale.dtype), scale):
+        raise OlicaCheckpointError(
+            f"{name} differs from {other}: down_proj and the calibration's lowrank_b run as one GEMM in vLLM "
+            "and need the same per-row scale; quantize the checkpoint with `olica quantize`")
 
 
 class OlicaForCausalLM(LlamaForCausalLM):
@@ -362,10 +424,6 @@ class OlicaForCausalLM(LlamaForCausalLM):
         spec = OlicaSpec.from_config(config)
         dims = ModelDims.from_config(config)
         check_tensor_parallel(spec, dims, get_tensor_model_parallel_world_size())
-        if vllm_config.quant_config is not None:
-            raise OlicaCheckpointError(
-                f"quantization ({vllm_config.model_config.quantization}) is not supported for Olica checkpoints"
-            )
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=OlicaDecoderLayer)
         self.olica_spec = spec
 

@@ -131,7 +131,7 @@ def transformers_greedy(path: Path) -> Run:
     return out
 
 
-def vllm_greedy(path: Path, *, tp: int = 1) -> Run:
+def vllm_greedy(path: Path, *, tp: int = 1, dtype: str = "float32", quantization: str | None = None) -> Run:
     """Start one engine, decode every prompt greedily, shut the engine down."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -142,8 +142,8 @@ def vllm_greedy(path: Path, *, tp: int = 1) -> Run:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=True, max_model_len=128,
-                  max_num_seqs=NUM_PROMPTS, tensor_parallel_size=tp, seed=0)
+        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, max_model_len=128,
+                  max_num_seqs=NUM_PROMPTS, tensor_parallel_size=tp, seed=0, quantization=quantization)
         params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=TOP_K, ignore_eos=True,
                                 detokenize=False)
         results = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts()], params, use_tqdm=False)
