@@ -1,0 +1,73 @@
+"""The serving bench's arithmetic, summary, table and plot (bench/serving.py), on synthetic runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+BENCH = Path(__file__).parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+_spec = importlib.util.spec_from_file_location("bench_serving", BENCH / "serving.py")
+serving = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serving)
+
+from olica_prune.contract import LayerSpec, OlicaSpec  # noqa: E402
+from olica_prune.testing import tiny_config  # noqa: E402
+
+
+def _olica_config(v_dims):
+    cfg = tiny_config(family="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                      intermediate_size=128, num_layers=len(v_dims), vocab_size=256).to_dict()
+    layers = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=v, intermediate_size=96, calibration_rank=0)
+              for v in v_dims]
+    cfg["olica"] = OlicaSpec(source_architecture="LlamaForCausalLM", qkv_bias=False, layers=layers).to_dict()
+    return cfg
+
+
+def test_kv_bytes_count_the_padding_and_what_pruned_v_would_need():
+    dense = tiny_config(family="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                        intermediate_size=128, num_layers=2, vocab_size=256).to_dict()
+    kv = serving.kv_bytes_per_token(dense, 2)
+    assert kv["allocated"] == 2 * 2 * 2 * 32 * 2 == kv["needed_with_pruned_v"] and kv["possible_saving"] == 0
+    olica = serving.kv_bytes_per_token(_olica_config([16, 32]), 2)
+    # K keeps 32 per KV head; V needs 16 + 32 over the two layers
+    assert olica["allocated"] == 2 * 2 * 2 * 32 * 2
+    assert olica["needed_with_pruned_v"] == 2 * (2 * 32 + 16 + 32) * 2
+    assert olica["possible_saving"] == pytest.approx(1 - 112 / 128)
+
+
+def _run(kind, rnd, tok_s, tpot):
+    sc = {}
+    for c in (1, 4):
+        sc[f"c{c}"] = {"output_throughput": tok_s * c, "total_token_throughput": 2 * tok_s * c,
+                       "request_throughput": 1.0, "median_ttft_ms": 100.0, "p99_ttft_ms": 200.0,
+                       "median_tpot_ms": tpot, "p99_tpot_ms": tpot * 2, "median_itl_ms": tpot,
+                       "p99_itl_ms": tpot * 2, "median_e2el_ms": 1000.0}
+    sc["prefill"] = dict(sc["c1"], median_ttft_ms=500.0 / (tok_s / 10))
+    return {"kind": kind, "round": rnd, "startup_s": 30.0, "kv_cache_tokens": 1000, "scenarios": sc}
+
+
+def test_summary_takes_medians_and_speedups_and_the_plot_is_a_png(tmp_path):
+    runs = [_run("dense", 0, 10.0, 50.0), _run("olica-20", 0, 12.0, 40.0),
+            _run("dense", 1, 10.0, 52.0), _run("olica-20", 1, 13.0, 42.0), _run("dense", 2, 11.0, 51.0),
+            _run("olica-20", 2, 12.5, 41.0)]
+    s = serving.summarize(runs, ["dense", "olica-20"])
+    assert s["dense"]["scenarios"]["c1"]["output_throughput"] == 10.0
+    assert s["olica-20"]["scenarios"]["c4"]["output_throughput"] == 50.0
+    assert s["olica-20"]["scenarios"]["c1"]["speedup_vs_dense"] == pytest.approx(1.25)
+    assert s["olica-20"]["scenarios"]["c1"]["spread_output_throughput"] == [12.0, 13.0]
+    assert s["olica-20"]["scenarios"]["prefill"]["prefill_speedup_vs_dense"] == pytest.approx(1.25)
+    result = {"commit": "abc123", "summary": s,
+              "settings": {"concurrency": [1, 4], "input_len": 128, "output_len": 128, "enforce_eager": False,
+                           "dtype": "bfloat16", "rounds": 3},
+              "models": {"dense": {"name": "dense", "params": 135e6}, "olica-20": {"name": "o", "params": 108e6}}}
+    png = tmp_path / "serving.png"
+    serving.plot(result, png)
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 600
+    table = serving.markdown(result)
+    assert "| olica-20 | 108.0 M | 1.25x | 12.5 (1.25x) | 50.0 (1.25x) |" in table
