@@ -212,14 +212,43 @@ def check_tensor_shape(name: str, expected: tuple[int, ...] | None, found: tuple
         )
 
 
+# Per-output-row quantization tensors that ride with ``X.weight`` in a quantized
+# checkpoint (compressed-tensors names), one row each.
+QUANT_SUFFIXES = (".weight_scale", ".weight_zero_point")
+
+
+def split_quant_suffix(name: str) -> tuple[str, str]:
+    """``X.weight_scale`` -> (``X.weight``, ``_scale``); any other name -> (name, "")."""
+    for sfx in QUANT_SUFFIXES:
+        if name.endswith(sfx):
+            return name[: -len(sfx)] + ".weight", sfx[len(".weight"):]
+    return name, ""
+
+
+def expected_shape(expected: Mapping[str, tuple[int, ...]], name: str, *,
+                   quantized: bool = False) -> tuple[int, ...] | None:
+    """The shape ``name`` must have, or None when the checkpoint has no place for it. In a
+    quantized checkpoint, ``X.weight_scale`` / ``X.weight_zero_point`` of a 2-D ``X.weight``
+    hold one value per output row; the weight itself keeps its shape (its dtype may change)."""
+    if name in expected:
+        return expected[name]
+    base, tail = split_quant_suffix(name)
+    if tail and quantized and len(expected.get(base, ())) == 2:
+        return (expected[base][0], 1)
+    return None
+
+
 def check_checkpoint_tensors(
-    spec: OlicaSpec, dims: ModelDims, found: Mapping[str, tuple[int, ...]], *, allow_extra: tuple[str, ...] = ()
+    spec: OlicaSpec, dims: ModelDims, found: Mapping[str, tuple[int, ...]], *, allow_extra: tuple[str, ...] = (),
+    quantized: bool = False,
 ) -> None:
-    """Check a whole checkpoint's tensor shapes against its olica block."""
+    """Check a whole checkpoint's tensor shapes against its olica block (``quantized``:
+    per-row scales beside the linear weights are expected too)."""
     expected = expected_tensor_shapes(spec, dims)
     for name, shape in found.items():
-        if name in expected:
-            check_tensor_shape(name, expected[name], shape)
+        want = expected_shape(expected, name, quantized=quantized)
+        if want is not None:
+            check_tensor_shape(name, want, shape)
         elif name == "lm_head.weight" and dims.tie_word_embeddings:
             continue  # some writers keep the tied copy; it is ignored
         elif not any(name.endswith(sfx) for sfx in ("rotary_emb.inv_freq",) + allow_extra):

@@ -83,7 +83,8 @@ def check_vllm_config(vllm_config) -> None:
     if path.is_dir() and any(path.glob("*.safetensors")) and load_format in ("auto", "safetensors"):
         from olica_prune.modeling import read_tensor_shapes
 
-        check_checkpoint_tensors(spec, dims, read_tensor_shapes(path))
+        quantized = getattr(hf_config, "quantization_config", None) is not None
+        check_checkpoint_tensors(spec, dims, read_tensor_shapes(path), quantized=quantized)
 
 
 __all__ = ["register", "ARCHITECTURE", "MODEL_CLASS"]

@@ -46,7 +46,9 @@ from olica_prune.contract import (
     check_checkpoint_tensors,
     check_tensor_parallel,
     check_tensor_shape,
+    expected_shape,
     expected_tensor_shapes,
+    split_quant_suffix,
 )
 from vllm.config import CacheConfig, VllmConfig
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
@@ -342,23 +344,11 @@ STACKED_PARAMS = {
 }
 
 
-# Per-output-channel quantization tensors that ride with ``X.weight`` (compressed-tensors names).
-QUANT_SUFFIXES = (".weight_scale", ".weight_zero_point")
-
-
-def _split_quant_suffix(name: str) -> tuple[str, str]:
-    """``X.weight_scale`` -> (``X.weight``, ``_scale``); other names -> (name, "")."""
-    for sfx in QUANT_SUFFIXES:
-        if name.endswith(sfx):
-            return name[: -len(sfx)] + ".weight", sfx[len(".weight"):]
-    return name, ""
-
-
 def param_for(name: str) -> tuple[str, str | int | None]:
     """Map a checkpoint tensor name to ``(parameter name, shard id)``."""
     if name.startswith("model.layers."):
         index, rest = name[len("model.layers."):].split(".", 1)
-        base, tail = _split_quant_suffix(rest)
+        base, tail = split_quant_suffix(rest)
         if base in STACKED_PARAMS:
             param, shard = STACKED_PARAMS[base]
             return f"model.layers.{index}.{param}{tail}", shard
@@ -383,17 +373,11 @@ def checked_weights(config, weights: Iterable[tuple[str, torch.Tensor]]) -> Iter
         found[name] = shape
         if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and dims.tie_word_embeddings):
             continue
-        base, tail = _split_quant_suffix(name)
-        if tail and quantized and len(expected.get(base, ())) == 2:
-            # one scale (or zero point) per output row of its weight
-            check_tensor_shape(name, (expected[base][0], 1), shape)
-            if base.endswith((".mlp.down_proj.weight", ".mlp.calibration.lowrank_b.weight")):
-                _check_shared_scale(row_scales, name, tensor)
-        else:
-            check_tensor_shape(name, expected.get(name), shape)
+        check_tensor_shape(name, expected_shape(expected, name, quantized=quantized), shape)
+        if quantized and name.endswith((".mlp.down_proj.weight_scale", ".mlp.calibration.lowrank_b.weight_scale")):
+            _check_shared_scale(row_scales, name, tensor)
         yield name, tensor
-    # now only a missing tensor can fail
-    check_checkpoint_tensors(spec, dims, found, allow_extra=QUANT_SUFFIXES if quantized else ())
+    check_checkpoint_tensors(spec, dims, found, quantized=quantized)  # now only a missing tensor can fail
 
 
 def _check_shared_scale(seen: dict[str, tuple[str, torch.Tensor]], name: str, scale: torch.Tensor) -> None:

