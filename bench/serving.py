@@ -272,12 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         target = cfg["olica"].get("sparsity", {}).get("target")
         kind = f"olica-{round(target * 100)}" if target is not None else f"olica-{path.name}"
         models[kind], sparsities[kind] = path, target
+    native_kind = None
     if (args.native_for or "").lower() != "none":
         if args.native_for:
-            like = Path(args.native_for)
+            native_kind = next((k for k, v in models.items() if v.resolve() == Path(args.native_for).resolve()), None)
+            if native_kind is None:
+                p.error(f"--native-for {args.native_for} is not one of --pruned")
         else:
-            like = min((k for k in sparsities), key=lambda k: abs((sparsities[k] or 0) - 0.2))
-            like = models[like]
+            native_kind = min((k for k in sparsities), key=lambda k: abs((sparsities[k] or 0) - 0.2))
+        like = models[native_kind]
         ncfg = native_config(read_config(dense_dir), param_count(read_config(like)))
         native_dir = workdir / "native"
         if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     s = result["summary"]
     if "native" in s:
-        for kind in sparsities:
+        result["models"]["native"]["same_size_as"] = native_kind
+        for kind in (native_kind,):
             result["summary"][kind]["vs_native"] = {
                 name: r["output_throughput"] / s["native"]["scenarios"][name]["output_throughput"]
                 for name, r in s[kind]["scenarios"].items()}
