@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit_hash  # noqa: E402
-from throughput import RESULT_TAG, environment, make_prompts, param_count, read_config, run_engine  # noqa: E402
+from throughput import answer_worker, environment, make_prompts, param_count, read_config, run_engine  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -48,7 +48,7 @@ def worker(spec: dict) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from olica_prune.behaviour import load_llm, shutdown_llm
+    from olica_prune.behaviour import _sum_logprobs, load_llm, shutdown_llm
 
     t0 = time.perf_counter()
     llm = load_llm(spec["model"], dtype="bfloat16", max_model_len=spec["max_model_len"],
@@ -61,13 +61,9 @@ def worker(spec: dict) -> dict:
     for domain, c in chunks.items():
         rows = c.tolist()
         outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in rows], score, use_tqdm=False)
-        nll, n = 0.0, 0
-        for o, ids in zip(outs, rows, strict=True):
-            for i in range(1, len(ids)):
-                entry = o.prompt_logprobs[i]
-                nll -= float(entry[ids[i]].logprob)
-                n += 1
-        ppl[domain] = math.exp(nll / n)
+        # every token after the first, given the ones before it
+        logprob = sum(_sum_logprobs(o.prompt_logprobs, ids, 1) for o, ids in zip(outs, rows, strict=True))
+        ppl[domain] = math.exp(-logprob / sum(len(ids) - 1 for ids in rows))
 
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in json.loads(Path(spec["prompts"]).read_text())]
     full = SamplingParams(temperature=0, max_tokens=spec["output_len"], min_tokens=spec["output_len"],
@@ -111,8 +107,7 @@ def disk_bytes(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--_worker"]:
-        print(RESULT_TAG + json.dumps(worker(json.loads(argv[1]))), flush=True)
+    if answer_worker(argv, worker):
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dense", default="smollm2-135m")
@@ -183,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                            "activations": "bfloat16", "ppl_from": "vLLM prompt logprobs"},
               "environment": environment(args.enforce_eager, "bfloat16"), "rows": results, "workdir": str(work)}
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    suite._write_atomic(out, json.dumps(result, indent=2) + "\n")
     print("\n| model | size on disk | perplexity (report geomean) | output tok/s |\n|---|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['disk_bytes'] / 1e6:.0f} MB ({r['size_vs_dense']:.2f}x) | {r['geomean_ppl']:.2f} "

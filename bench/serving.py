@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import commit_hash  # noqa: E402
 from throughput import build_native_model, environment, native_config, param_count, read_config  # noqa: E402
 
+from olica_prune import suite  # noqa: E402
 from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -331,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 name: r["output_throughput"] / s["native"]["scenarios"][name]["output_throughput"]
                 for name, r in s[kind]["scenarios"].items()}
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    suite._write_atomic(out, json.dumps(result, indent=2) + "\n")
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot(result, png)
     print()

@@ -255,10 +255,17 @@ def markdown(result: dict) -> str:
     return head + "\n\n" + "\n".join(rows)
 
 
+def answer_worker(argv: list[str], worker) -> bool:
+    """In a process started by :func:`run_engine`: run ``worker`` on the spec, print its result; True if so."""
+    if argv[:1] != ["--_worker"]:
+        return False
+    print(RESULT_TAG + json.dumps(worker(json.loads(argv[1]))), flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--_worker"]:
-        print(RESULT_TAG + json.dumps(worker(json.loads(argv[1]))), flush=True)
+    if answer_worker(argv, worker):
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dense", default="smollm2-135m", help="dense source model (dir, .gguf or alias)")

@@ -25,6 +25,7 @@ scale (the larger of the two); the vLLM model checks it on load.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -38,6 +39,7 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+@functools.lru_cache(maxsize=1)
 def w8a8_scheme():
     from compressed_tensors.quantization import preset_name_to_scheme
 
