@@ -37,10 +37,11 @@ SHAPES = {
     # TinyLlama-1.1B's shape
     "random_1b": dict(hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64, intermediate_size=5632,
                       num_layers=22, vocab_size=32000),
-    # Llama-2-7B's shape (GPU only: 27 GB of fp32 weights)
+    # Llama-2-7B's shape (GPU only), written in bfloat16 as such checkpoints ship (13.5 GB)
     "random_7b": dict(hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128, intermediate_size=11008,
                       num_layers=32, vocab_size=32000),
 }
+SOURCE_DTYPE = {"random_7b": "bfloat16"}  # the others: float32
 
 _PRELUDE = """
 import json, sys, time, torch
@@ -85,18 +86,22 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, peak_anon_gib=peak_anon[0
 _PRUNE = _PRELUDE + """
 from olica_prune.pruner import PruneConfig, prune
 t = time.perf_counter()
-rep = prune({src!r}, output={out!r}, overwrite=True, calibration_ids=ids, progress=False,
+rep = prune({src!r}, output={out!r}, overwrite=True, calibration_ids=ids, progress=True,
             config=PruneConfig(sparsity={sparsity}, device={device!r}, batch_size={batch}))
+layer_s = sorted(r["seconds"] for r in rep["layers"])
 print(json.dumps(dict(seconds=time.perf_counter() - t, achieved=rep["sparsity"]["achieved"],
                       timings=rep["timings"], peak_anon_gib=peak_anon[0] / 2**20,
-                      peak_rss_gib=status("VmHWM") / 2**20, device=rep.get("device"))))
+                      peak_rss_gib=status("VmHWM") / 2**20, device=rep.get("device"),
+                      layer_s_median=layer_s[len(layer_s) // 2], peak_memory=rep["peak_memory"],
+                      device_name=torch.cuda.get_device_name() if rep["device"].startswith("cuda") else None)))
 """
 
 
 def _run(code: str) -> dict:
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # stderr (the progress bars, any traceback) goes straight to the terminal
+    res = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     if res.returncode:
-        raise RuntimeError(res.stderr[-3000:])
+        raise RuntimeError(f"measurement subprocess failed (exit {res.returncode}); its stderr is above")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -108,13 +113,17 @@ def _source(kind: str, workdir: Path) -> tuple[str, Path]:
     if kind in SHAPES:
         src = workdir / f"src-{kind}"
         build = f"""
-import sys
+import sys, torch
 sys.path.insert(0, {str(ROOT)!r})
-from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
-save_model_checkpoint(random_dense_model(tiny_config(**{SHAPES[kind]!r})), {str(src)!r}, overwrite=True)
+from olica_prune.testing import tiny_config, random_checkpoint
+random_checkpoint(tiny_config(**{SHAPES[kind]!r}), {str(src)!r}, overwrite=True,
+                  dtype=torch.{SOURCE_DTYPE.get(kind, "float32")},
+                  device="cuda" if torch.cuda.is_available() else "cpu")
 """
         if not (src / "config.json").is_file():
+            t = time.perf_counter()
             subprocess.run([sys.executable, "-c", build], check=True)
+            print(f"{kind}: random source written in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         ids = torch.randint(0, SHAPES[kind]["vocab_size"], (128, 128), generator=torch.Generator().manual_seed(0))
         torch.save(ids, ids_file)
         return str(src), ids_file
@@ -161,6 +170,9 @@ def main(argv=None) -> int:
                    "achieved": pr["achieved"], "peak_anon_gib": round(pr["peak_anon_gib"], 3),
                    "peak_rss_gib": round(pr["peak_rss_gib"], 3),
                    "forward_peak_anon_gib": round(fwd["peak_anon_gib"], 3),
+                   "layer_s_median": round(pr["layer_s_median"], 3), "source_dtype": SOURCE_DTYPE.get(kind, "float32"),
+                   **({"device_name": pr["device_name"], "cuda_peak_gib": round(pr["peak_memory"].get(
+                       "cuda_max_allocated_gib", 0.0), 2)} if pr.get("device_name") else {}),
                    "bench_s": round(time.perf_counter() - t, 1)}
             result["models"][kind] = row
             print(kind, json.dumps(row), flush=True)

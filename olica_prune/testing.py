@@ -52,6 +52,40 @@ def random_dense_model(config, *, seed: int = 0):
     return model.eval()
 
 
+def random_checkpoint(config, output: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0,
+                      device: str | torch.device = "cpu", overwrite: bool = False) -> Path:
+    """Write a dense source checkpoint of ``config`` with random weights, tensor by tensor,
+    without building the model: a 7B-shaped checkpoint this way needs one layer in
+    memory, not 27 GB of fp32 parameters. Linear and embedding weights are
+    ``N(0, initializer_range)`` like transformers' init, norm weights ``1 + 0.2·N(0, 1)``
+    (as :func:`random_dense_model`). ``device`` only generates the numbers (cuda is faster)."""
+    from .adapters import adapter_for
+    from .contract import ModelDims, layer_tensor_shapes
+
+    dims = ModelDims.from_config(config)
+    std = float(getattr(config, "initializer_range", 0.02))
+    qkv_bias = adapter_for(config).qkv_bias
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rand(shape, norm: bool) -> torch.Tensor:
+        t = torch.randn(shape, generator=gen, device=device)
+        t = 1 + 0.2 * t if norm else t * std
+        return t.to(dtype).cpu()
+
+    cfg = config.to_dict()
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    with CheckpointWriter(output, overwrite=overwrite) as w:
+        w.add("model.embed_tokens.weight", rand((dims.vocab_size, dims.hidden_size), False))
+        w.add("model.norm.weight", rand((dims.hidden_size,), True))
+        if not dims.tie_word_embeddings:
+            w.add("lm_head.weight", rand((dims.vocab_size, dims.hidden_size), False))
+        for i in range(dims.num_layers):
+            for name, shape in layer_tensor_shapes(dims.dense_layer(), dims, qkv_bias=qkv_bias).items():
+                w.add(f"model.layers.{i}.{name}", rand(shape, name.endswith("norm.weight")))
+        return w.finish(config=cfg)
+
+
 def random_olica_model(config, layers: list[LayerSpec], *, qkv_bias: bool = False, seed: int = 0):
     """An ``OlicaForCausalLM`` with random weights and the given per-layer widths."""
     from .modeling import OlicaForCausalLM
