@@ -10,6 +10,7 @@ from olica_prune.linalg import (
     ridge_solve,
     lowrank_factorize,
     lowrank_pays_off,
+    thin_svd,
     truncate_vo,
     vo_basis,
 )
@@ -46,6 +47,53 @@ def test_lowrank_error_is_the_dropped_spectrum(rank):
     u, sw, vt = torch.linalg.svd(w, full_matrices=False)
     plain = u[:, :rank] * sw[:rank] @ vt[:rank]
     assert err <= ((x @ (w - plain).T) ** 2).sum(1).mean() + 1e-12
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (40, 12), (30, 30)])
+def test_thin_svd_via_gram_matches_the_svd(shape):
+    """The CUDA path (SVD from eigh of the smaller Gram) gives the same factors as
+    torch's SVD, up to signs, on a spectrum spanning 1e3 with a rank deficiency."""
+    g = torch.Generator().manual_seed(3)
+    p, q = shape
+    r = min(p, q)
+    left = torch.linalg.qr(torch.randn(p, r, generator=g, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(q, r, generator=g, dtype=torch.float64))[0]
+    sv = torch.logspace(1, -2, r, dtype=torch.float64)
+    sv[-2:] = 0  # rank deficient: two exact zeros
+    m = left * sv @ right.T
+    u, s, vt = thin_svd(m, via_gram=True)
+    u0, s0, vt0 = torch.linalg.svd(m, full_matrices=False)
+    assert u.shape == u0.shape and s.shape == s0.shape and vt.shape == vt0.shape
+    assert torch.allclose(s, s0, atol=1e-9)  # the zeros are exact zeros (below the floor), not ~1e-7
+    k = r - 2  # the nonzero part: vectors equal up to sign, the product is m
+    sign = torch.sign((u[:, :k] * u0[:, :k]).sum(0))
+    assert torch.allclose(u[:, :k] * sign, u0[:, :k], atol=1e-8)
+    assert torch.allclose(vt[:k] * sign[:, None], vt0[:k], atol=1e-8)
+    assert torch.allclose(u * s @ vt, m, atol=1e-10)
+    # the side taken from eigh stays orthonormal; the other side's null vectors are zero, not noise
+    full = u if p <= q else vt.T
+    assert torch.allclose(full.T @ full, torch.eye(r, dtype=torch.float64), atol=1e-10)
+    other = vt.T if p <= q else u
+    assert other[:, k:].abs().max() == 0
+
+
+def test_lowrank_factorize_via_gram_equals_svd():
+    """lowrank_factorize takes its SVD from the Gram matrix: product and kept
+    energy equal those from torch's SVD."""
+    import olica_prune.linalg as la
+
+    x, cov = _cov(48)
+    chol = damped_cholesky(cov, damp=0)
+    w = torch.randn(32, 48, dtype=torch.float64)
+    got = lowrank_factorize(w, chol, 10)
+    orig = la.thin_svd
+    la.thin_svd = lambda m: orig(m, via_gram=False)
+    try:
+        ref = lowrank_factorize(w, chol, 10)
+    finally:
+        la.thin_svd = orig
+    assert torch.allclose(got.b @ got.a, ref.b @ ref.a, atol=1e-9)
+    assert got.energy_kept == pytest.approx(ref.energy_kept, rel=1e-12)
 
 
 def test_lowrank_pays_off_rule():
