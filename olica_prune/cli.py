@@ -65,6 +65,9 @@ def _prune_parser(sub) -> None:
     p.add_argument("--calibration-ranking", default="dense", choices=["dense", "pruned"],
                    help="which layers get a branch: ranked by a dense pass (default) or by how much of the "
                         "residual the branch explains on the pruned stream after the refit (no dense pass)")
+    p.add_argument("--ranking-samples", type=int, default=32,
+                   help="calibration sequences the dense ranking pass reads under uniform allocation "
+                        "(default 32, at least 4 x hidden_size tokens)")
     p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
     p.add_argument("--v-align", type=int, default=8, help="multiple for v_head_dim (default 8)")
     p.add_argument("--calibration", dest="dataset", default="self",
@@ -96,6 +99,7 @@ def _run_prune(args) -> int:
         allocation=args.allocation,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
         calibration_rank=args.calibration_rank, calibration_ranking=args.calibration_ranking,
+        ranking_samples=args.ranking_samples,
         refit_down=args.refit_down, spare_ends=args.spare_ends,
         align=args.align, v_align=args.v_align, dataset=args.dataset,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,

@@ -120,6 +120,7 @@ def test_bad_source_is_refused_in_one_line(dense_dir, tmp_path, capsys, case):
 @pytest.mark.parametrize("args, message", [
     (["--calibration-layers", "-1"], "calibration-layers must be >= 0"),
     (["--calibration-rank", "-2"], "calibration-rank must be >= 0"),
+    (["--ranking-samples", "0"], "ranking-samples must be positive"),
     (["--device", "gpu0"], "--device 'gpu0' is not a device"),
     (["--device", "meta"], "runs on cpu or cuda"),
 ])

@@ -252,3 +252,34 @@ def test_baselines_keep_their_own_scores_and_split(method, score):
         assert cfg.ffn_score == score
         assert cfg.vo_sparsity is None and cfg.qk_sparsity == 0.0
         assert not cfg.calibration and not cfg.refit_down and cfg.ond == "none"
+
+
+@pytest.mark.parametrize("allocation, ranking_samples, want", [
+    ("uniform", 8, 11),    # at least 4 x hidden_size = 256 tokens: ceil(256 / 24) = 11 sequences
+    ("uniform", 20, 20),
+    ("adaptive", 8, None),  # adaptive allocation reads every sequence
+])
+def test_ranking_pass_reads_a_share_of_the_calibration(tmp_path, monkeypatch, allocation, ranking_samples, want):
+    import olica_prune.pruner as pruner_mod
+
+    src = tmp_path / "dense"
+    save_model_checkpoint(random_dense_model(tiny_config(num_layers=8), seed=1), src)
+    seen, embedded = [], []
+    measure, embed = pruner_mod._Run.measure_dense, pruner_mod._Run._embed
+
+    def spy_measure(self, **kw):
+        seen.append(kw["sequences"])
+        return measure(self, **kw)
+
+    def spy_embed(self, sequences=None):
+        out = embed(self, sequences)
+        embedded.append(sum(b.shape[0] for b in out))
+        return out
+
+    monkeypatch.setattr(pruner_mod._Run, "measure_dense", spy_measure)
+    monkeypatch.setattr(pruner_mod._Run, "_embed", spy_embed)
+    ids = torch.randint(0, 256, (40, 24), generator=torch.Generator().manual_seed(0))
+    prune(str(src), output=tmp_path / "out", calibration_ids=ids, progress=False,
+          config=PruneConfig(sparsity=0.2, allocation=allocation, ranking_samples=ranking_samples, batch_size=8))
+    assert seen == [want]
+    assert embedded == [want or 40, 40]  # the ranking pass, then the prune pass over everything
