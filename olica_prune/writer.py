@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import save_file
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -30,6 +30,23 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+
+
+# safetensors' dtype names
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+# Each shard is written as its tensors arrive, after a header area reserved at
+# its start (the safetensors format allows the JSON header to be padded with
+# spaces): a tensor is in memory only while it is written, and no byte is copied
+# twice. A shard is closed early when its header would outgrow the area.
+HEADER_RESERVE = 256 << 10
+
+
+def _write(f: BinaryIO, data) -> None:
+    f.write(data)
 
 
 class OutputExistsError(FileExistsError):
@@ -109,9 +126,12 @@ class CheckpointWriter:
         self.overwrite = overwrite
         self.max_shard_bytes = max_shard_bytes
         self._tmp: Path | None = None
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
+        self._file: BinaryIO | None = None  # the open shard
+        self._header: dict[str, dict[str, Any]] = {}  # its tensors so far
+        self._header_len = 0  # their JSON length (an upper bound of it)
+        self._shard_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
+        self._names: set[str] = set()
         self._total_bytes = 0
         self._finished = False
 
@@ -122,22 +142,44 @@ class CheckpointWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._tmp is not None and self._tmp.exists():
             shutil.rmtree(self._tmp, ignore_errors=True)
         if exc_type is None and not self._finished:
             raise RuntimeError("CheckpointWriter closed without finish(): nothing was written")
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Write ``tensor`` to the open shard now (it is not kept in memory)."""
         if not torch.isfinite(tensor).all():
             raise ValueError(f"refusing to write tensor {name}: it holds NaN or Inf")
-        t = tensor.detach().to("cpu").contiguous()
-        if name in self._pending or any(name in names for _, names in self._shards):
+        if name in self._names:
             raise ValueError(f"tensor {name} written twice")
+        if tensor.dtype not in _ST_DTYPES:
+            raise ValueError(f"tensor {name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        t = tensor.detach().to("cpu").contiguous()
         nbytes = t.numel() * t.element_size()
-        if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
+        entry = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                 "data_offsets": [self._shard_bytes, self._shard_bytes + nbytes]}
+        # "name": {...}, plus slack for the offsets growing when the shard is reopened
+        entry_len = len(json.dumps({name: entry})) + 32
+        if self._file is not None and (self._shard_bytes + nbytes > self.max_shard_bytes
+                                       or self._header_len + entry_len > HEADER_RESERVE - 64):
             self._flush()
-        self._pending[name] = t
-        self._pending_bytes += nbytes
+            entry["data_offsets"] = [0, nbytes]
+        try:
+            if self._file is None:
+                self._file = open(self._tmp / f"part-{len(self._shards):05d}.safetensors", "wb")
+                self._file.seek(HEADER_RESERVE)
+            if nbytes:
+                _write(self._file, t.reshape(-1).view(torch.uint8).numpy().data)
+        except OSError as exc:
+            raise self._write_error(exc) from None
+        self._header[name] = entry
+        self._header_len += entry_len
+        self._shard_bytes += nbytes
+        self._names.add(name)
         self._total_bytes += nbytes
 
     def _write_error(self, exc: BaseException) -> CheckpointWriteError:
@@ -148,20 +190,31 @@ class CheckpointWriter:
         return CheckpointWriteError(f"writing {self.output} failed: {why}; {kept}")
 
     def _flush(self) -> None:
+        """Close the open shard: its header, padded with spaces, fills the reserved area."""
         assert self._tmp is not None
         fname = f"part-{len(self._shards):05d}.safetensors"
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        assert len(header) <= HEADER_RESERVE - 8, "header area overflow"
         try:
-            save_file(self._pending, str(self._tmp / fname), metadata={"format": "pt"})
-        except Exception as exc:  # OSError, or safetensors' own error wrapping one
+            if self._file is None:  # an empty checkpoint still gets one (empty) shard
+                self._file = open(self._tmp / fname, "wb")
+            self._file.seek(0)
+            _write(self._file, struct.pack("<Q", HEADER_RESERVE - 8) + header.ljust(HEADER_RESERVE - 8))
+            self._file.close()
+        except OSError as exc:
             raise self._write_error(exc) from None
-        self._shards.append((fname, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+            self._file = None
+        self._shards.append((fname, list(self._header)))
+        self._header, self._header_len, self._shard_bytes = {}, 0, 0
 
     def finish(self, *, config: dict[str, Any], report: dict[str, Any] | None = None,
                copy_from: str | Path | None = None) -> Path:
         """Write config/index/report, copy tokenizer files, rename into place."""
         assert self._tmp is not None, "use CheckpointWriter as a context manager"
-        if self._pending or not self._shards:
+        if self._file is not None or not self._shards:
             self._flush()
         try:
             return self._finish(config, report, copy_from)
