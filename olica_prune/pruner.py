@@ -472,9 +472,9 @@ class _Run:
         weights: list[torch.Tensor] = []
 
         def grab(_mod, args):
-            ctx = args[0].reshape(-1, h, e).double()  # [T, h, e]
-            w = weights[-1][:, None, None]
-            acc.add_(torch.einsum("thi,thj->hij", ctx * w, ctx))
+            ctx = args[0].reshape(-1, h, e)  # [T, h, e]; float32 per batch, accumulated in float64
+            w = weights[-1].to(ctx.dtype)[:, None, None]
+            acc.add_(torch.einsum("thi,thj->hij", ctx * w, ctx).double())
 
         hook = layer.self_attn.o_proj.register_forward_pre_hook(grab)
         try:
@@ -765,9 +765,10 @@ class _FfnStats:
         return _FfnActs(x=x, h=h, f=self.mlp.down_proj(h))
 
     def add_h(self, a: _FfnActs, *, weights: torch.Tensor | None = None) -> None:
-        h_sq = a.h.double().pow(2)
-        self.h_sq += (h_sq * weights[:, None]).sum(0) if weights is not None else h_sq.sum(0)
-        self.x_sq += a.x.double().pow(2).sum(0)
+        # float32 per batch (a weighted sum is one GEMV), accumulated in float64
+        h_sq = a.h.square()
+        self.h_sq += (weights.to(h_sq.dtype) @ h_sq if weights is not None else h_sq.sum(0)).double()
+        self.x_sq += a.x.square().sum(0).double()
         self.n += a.x.shape[0]
 
     def contribution_scores(self) -> torch.Tensor:
