@@ -82,8 +82,7 @@ def _prune_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the written weights (auto: the source's)")
     p.add_argument("--max-shard-gb", type=float, default=2.0,
-                   help="output shard size in GB (default 2); pruned layers are held in memory until their shard "
-                        "is written, so a smaller value lowers peak memory")
+                   help="output shard size in GB (default 2); each tensor is written as soon as it is pruned")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

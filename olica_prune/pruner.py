@@ -120,7 +120,7 @@ class PruneConfig:
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"  # of the written checkpoint
-    max_shard_gb: float = 2.0  # output shard size; pruned layers wait in memory until their shard is written
+    max_shard_gb: float = 2.0  # output shard size (tensors are written as they are pruned, not held)
 
     def __post_init__(self) -> None:
         if not (0 < self.sparsity <= 0.9):
