@@ -270,7 +270,7 @@ class Calibration:
 
 
 def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, *,
-                prior: torch.Tensor | None = None) -> torch.Tensor:
+                prior: torch.Tensor | None = None, consume: bool = False) -> torch.Tensor:
     """``(G + Λ)⁻¹ (R + Λ P)`` for an SPD Gram ``G`` with per-direction (Jacobi)
     damping ``Λ = ridge · diag(G)``: the least-squares solution shrunk towards
     ``prior`` ``P`` (same shape as the solution; zero when None).
@@ -278,15 +278,23 @@ def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, *,
     Each direction is shrunk relative to its own scale, so one massive
     activation channel (common in LLMs) does not over-damp all the others, as a
     single ``ridge · mean(diag G)`` would. A floor of ``1e-10 · mean(diag G)``
-    keeps directions that never occur solvable. Solved by Cholesky.
+    keeps directions that never occur solvable. Solved by Cholesky. With
+    ``consume`` (float64 inputs the caller no longer needs) ``gram`` and ``rhs``
+    are damped in place instead of copied: the refit's Grams are the pruner's
+    largest temporaries.
     """
     g = gram.double()
     diag = g.diagonal()
     damp = ridge * diag + 1e-10 * diag.mean().clamp_min(1e-30)
-    a = g + torch.diag(damp)
-    rhs = rhs.double()
+    if consume and g is gram:
+        a = g
+        a.diagonal().add_(damp)
+    else:
+        a = g + torch.diag(damp)
+    rhs = rhs.double() if not consume else rhs.to(torch.float64)
     if prior is not None:
-        rhs = rhs + damp[:, None] * prior.double()
+        term = prior.double() * damp[:, None]
+        rhs = rhs.add_(term) if consume else rhs + term
     factor, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(rhs, factor)
