@@ -190,7 +190,6 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     t_start = time.perf_counter()
     output = Path(output)
     device = preflight.parse_device(config.device)
-    _return_freed_memory()
     check_output_path(output, overwrite=overwrite)
     src = resolve_model(model)
     preflight.check_output(output, src)
@@ -366,16 +365,14 @@ def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> 
 
 
 def _return_freed_memory() -> None:
-    """With glibc, serve every allocation of 4 MB or more by its own mmap, so that
-    a freed activation goes back to the system at once. Under glibc's default the
-    threshold rises to the size of the largest block freed (up to 32 MB), the
-    per-batch activations then come from the heap, and its fragments pile up:
-    the 1.1 B-shaped prune held 2.0 GiB after returning and peaked at 3.5 GiB,
-    with this 0.5 and 2.9 GiB. Elsewhere (no ``mallopt``) nothing changes."""
+    """With glibc, hand the heap's free pages back to the system (``malloc_trim``):
+    called after each layer, so what the per-batch activations of one layer leave
+    fragmented does not add up over the layers. Elsewhere nothing happens. (A fixed
+    4 MB mmap threshold returned more, but made SmolLM2's prune 32 % slower.)"""
     try:
         import ctypes
 
-        ctypes.CDLL(None).mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -563,7 +560,8 @@ class _Run:
             rep.update(dataclasses.asdict(specs[i]))
             rep["seconds"] = round(time.perf_counter() - t0, 3)
             reports.append(rep)
-            del layer
+            del layer, state
+            _return_freed_memory()
         return reports
 
     def _prune_layer(self, i: int, layer: nn.Module, spec, hidden: list[torch.Tensor], *, branch_aside: bool = False):
