@@ -331,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({r['elapsed_s']:.1f} s; prefill {r['prefill_tok_s']:.0f} tok/s, "
                   f"decode {r['decode_tok_s']:.1f} tok/s; load {r['load_s']:.0f} s)", flush=True)
 
+    from bench.common import commit_hash
+
     result = {
+        "commit": commit_hash(),
         "settings": {"num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
                      "repeats": args.repeats, "dtype": args.dtype, "enforce_eager": args.enforce_eager,
                      "seed": args.seed, "ignore_eos": True, "prefix_caching": False,
