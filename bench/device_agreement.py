@@ -19,6 +19,7 @@ check fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import commit_hash  # noqa: E402
+from olica_prune.contract import LayerSpec  # noqa: E402
+from olica_prune.suite import _write_atomic  # noqa: E402
 
 MODELS = {
     "llama-gqa": dict(family="llama", hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32,
@@ -39,7 +42,8 @@ MODELS = {
 
 
 def _widths(report: dict) -> list[tuple]:
-    keys = ("q_rank", "k_rank", "v_head_dim", "intermediate_size", "calibration_rank")
+    """Every layer's LayerSpec fields, as the report records them."""
+    keys = [f.name for f in dataclasses.fields(LayerSpec)]
     return [tuple(r[k] for k in keys) for r in report["layers"]]
 
 
@@ -104,9 +108,7 @@ def main(argv=None) -> int:
             ok &= row["pass"]
             result["models"][name] = row
             print(name, json.dumps({k: v for k, v in row.items() if k != "layer_errors"}), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    _write_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1
 
 

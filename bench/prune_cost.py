@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
+from olica_prune.suite import _write_atomic  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=1024, num_layers=4,
@@ -176,8 +177,7 @@ def main(argv=None) -> int:
                    "bench_s": round(time.perf_counter() - t, 1)}
             result["models"][kind] = row
             print(kind, json.dumps(row), flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2) + "\n")
+            _write_atomic(out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

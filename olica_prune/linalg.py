@@ -291,7 +291,7 @@ def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, *,
         a.diagonal().add_(damp)
     else:
         a = g + torch.diag(damp)
-    rhs = rhs.double() if not consume else rhs.to(torch.float64)
+    rhs = rhs.double()  # the caller's own tensor when it is float64 already
     if prior is not None:
         term = prior.double() * damp[:, None]
         rhs = rhs.add_(term) if consume else rhs + term
