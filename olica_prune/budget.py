@@ -11,6 +11,13 @@ branches counted. Two allocations:
   energy it carries relative to the residual-stream energy at its layer
   (measured on the dense model). Layers whose units matter little to their
   stream give up more; the first and last layers are usually spared.
+- ``kl``: V/O loses the uniform fraction in every pruned layer, and the FFN
+  budget is spread over the layers by their measured *sensitivity*: the KL
+  divergence of the model's next-token distribution when that layer alone
+  loses the uniform FFN fraction (``_Run.measure_sensitivity``). Layer ``i``
+  loses an FFN fraction proportional to ``k_i ** -alpha`` (``alpha`` 0 is
+  uniform; 1 minimises ``sum k_i f_i**2`` if KL grew with the square of the
+  removed fraction), capped so every layer keeps ``min_keep``.
 """
 
 from __future__ import annotations
@@ -57,12 +64,16 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
                 costs: list[LayerCosts] | None, qk_sparsity: float, calibration_layers: list[int],
                 calibration_rank: int, align: Alignment, tolerance: float = 0.005,
                 min_keep: float = 0.1, spare_layers: tuple[int, ...] = (),
-                vo_sparsity: float | None = None) -> list[LayerSpec]:
+                vo_sparsity: float | None = None, sensitivity: list[float] | None = None,
+                kl_alpha: float = 0.5) -> list[LayerSpec]:
     """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense.
 
     ``vo_sparsity`` (uniform allocation only): the fraction of each pruned
     layer's V/O width to remove; the FFN then takes whatever the budget still
     needs. ``None``: V/O and FFN lose the same fraction.
+    ``sensitivity`` (``kl`` allocation): one non-negative number per layer
+    (spared layers' are ignored); ``kl_alpha`` how strongly it moves the FFN
+    budget between layers.
     """
     d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                         dims.intermediate_size, dims.num_layers)
@@ -100,7 +111,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
         )
 
     spared = {i % L for i in spare_layers} if L > 2 else set()
-    if allocation == "uniform":
+    if allocation in ("uniform", "kl"):
         # Every layer but the spared ones loses the same fraction of its widths.
         pruned = L - len(spared)
         if vo_sparsity is None:
@@ -115,14 +126,20 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
             raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}"
                               + (" with this V/O share" if vo_sparsity is not None else "")
                               + "; choose a lower sparsity")
-        ffn_keep = [m if i in spared else m - frac * m for i in range(L)]
+        fracs = [0.0 if i in spared else frac for i in range(L)]
+        if allocation == "kl":
+            if sensitivity is None or len(sensitivity) != L:
+                raise ValueError("kl allocation needs one sensitivity per layer")
+            fracs = spread_by_sensitivity(frac, sensitivity, [i for i in range(L) if i not in spared],
+                                          alpha=kl_alpha, cap=1 - min_keep, L=L)
+        ffn_keep = [m - f * m for f in fracs]
         v_keep = [e if i in spared else e - v_frac * e for i in range(L)]
     elif allocation == "adaptive":
         if costs is None:
             raise ValueError("adaptive allocation needs per-layer costs")
         ffn_keep, v_keep = _greedy(costs, to_remove, ffn_unit, vo_unit, m, e, min_ffn, min_v)
     else:
-        raise ValueError(f"unknown allocation {allocation!r}; choose adaptive or uniform")
+        raise ValueError(f"unknown allocation {allocation!r}; choose adaptive, kl or uniform")
 
     ffn_w = [min(m, max(min_ffn, int(round(k / align.ffn)) * align.ffn)) for k in ffn_keep]
     v_w = [min(e, max(min_v, int(round(k / align.v)) * align.v)) for k in v_keep]
@@ -158,6 +175,37 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
         f"cannot reach sparsity {sparsity:.3f} within ±{tolerance * 100:.1f} pp with FFN widths aligned to "
         f"{align.ffn}: the model is too small for this alignment; use a smaller --align"
     )
+
+
+def spread_by_sensitivity(mean_frac: float, sensitivity: list[float], layers: list[int], *, alpha: float,
+                          cap: float, L: int) -> list[float]:
+    """Per-layer removed fractions over ``layers`` (others 0) with mean ``mean_frac``,
+    proportional to ``sensitivity ** -alpha`` where no layer exceeds ``cap``."""
+    if not layers:
+        return [0.0] * L
+    k = torch.tensor([float(sensitivity[i]) for i in layers], dtype=torch.float64)
+    if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
+        raise ValueError("sensitivities must be finite and non-negative")
+    # A layer measured at exactly 0 (nothing changed) is treated as the least sensitive
+    # measured one, so one layer cannot swallow the whole budget.
+    floor = float(k[k > 0].min()) if bool((k > 0).any()) else 1.0
+    k = k.clamp_min(floor)
+    w = (k / torch.exp(torch.log(k).mean())) ** -alpha  # relative to the geometric mean
+    target = mean_frac * len(layers)
+    lo, hi = 0.0, cap / float(w.min())  # at hi every layer is at the cap
+    if float(torch.clamp(w * hi, max=cap).sum()) < target:
+        raise BudgetError("the FFN budget cannot be spread under the per-layer cap")
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if float(torch.clamp(w * mid, max=cap).sum()) < target:
+            lo = mid
+        else:
+            hi = mid
+    f = torch.clamp(w * hi, max=cap)
+    out = [0.0] * L
+    for j, i in enumerate(layers):
+        out[i] = float(f[j])
+    return out
 
 
 def _greedy(costs: list[LayerCosts], to_remove: float, ffn_unit: int, vo_unit: int, m: int, e: int,

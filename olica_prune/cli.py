@@ -39,8 +39,15 @@ def _prune_parser(sub) -> None:
     p.add_argument("--vo-stats", default=None, choices=["context", "input"],
                    help="weigh the V/O basis by the heads' attention outputs (default) or by the value inputs "
                         "(the paper's choice)")
-    p.add_argument("--allocation", choices=["adaptive", "uniform"], default=None,
-                   help="per-layer budget split: uniform (default) or adaptive (ranked by measured importance)")
+    p.add_argument("--allocation", choices=["adaptive", "uniform", "kl"], default=None,
+                   help="per-layer budget split: uniform (default), kl (each layer's FFN share set by how much "
+                        "pruning that layer alone changes the output distribution) or adaptive (units ranked "
+                        "by measured energy)")
+    p.add_argument("--kl-alpha", type=float, default=0.5,
+                   help="kl allocation: layer i loses an FFN share proportional to its KL ** -alpha "
+                        "(0 = uniform; default 0.5)")
+    p.add_argument("--kl-samples", type=int, default=8,
+                   help="kl allocation: calibration sequences the sensitivity pass reads (default 8)")
     p.add_argument("--qk-sparsity", type=float, default=None,
                    help="fraction of Q/K parameters removed by low-rank factorisation (default 0: dense Q/K)")
     p.add_argument("--vo-sparsity", type=float, default=None,
@@ -95,7 +102,7 @@ def _run_prune(args) -> int:
     config = PruneConfig(
         sparsity=args.sparsity, method=args.method, preset=args.preset, ond=args.ond, vo_stats=args.vo_stats,
         vo_sparsity=args.vo_sparsity, ffn_score=args.ffn_score, ridge=args.ridge, refit_ridge=args.refit_ridge,
-        allocation=args.allocation,
+        allocation=args.allocation, kl_alpha=args.kl_alpha, kl_samples=args.kl_samples,
         qk_sparsity=args.qk_sparsity, calibration=args.calibration, calibration_layers=args.calibration_layers,
         calibration_rank=args.calibration_rank, calibration_ranking=args.calibration_ranking,
         ranking_samples=args.ranking_samples,

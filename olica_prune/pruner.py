@@ -96,7 +96,9 @@ class PruneConfig:
     method: str = "olica"  # olica | magnitude | wanda-sp
     preset: str = "olica"  # olica (project default) | paper
     ond: str | None = None  # fast | exact | separate | none  (olica only)
-    allocation: str | None = None  # uniform (default) | adaptive
+    allocation: str | None = None  # uniform (default) | adaptive | kl
+    kl_alpha: float = 0.5  # kl allocation: layer i loses an FFN share proportional to sensitivity_i ** -kl_alpha
+    kl_samples: int = 8  # kl allocation: calibration sequences the sensitivity pass reads
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
     vo_sparsity: float | None = None  # fraction of V/O width removed per pruned layer (None: same as FFN)
     calibration: bool | None = None  # linear calibration of FFN residuals (olica only)
@@ -154,8 +156,12 @@ class PruneConfig:
         if self.ffn_score not in FFN_SCORES:
             raise PruneError(f"unknown ffn score {self.ffn_score!r}; choose one of {', '.join(FFN_SCORES)}")
         self.allocation = self.allocation or "uniform"
-        if self.allocation not in ("adaptive", "uniform"):
-            raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive or uniform")
+        if self.allocation not in ("adaptive", "uniform", "kl"):
+            raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive, kl or uniform")
+        if self.allocation == "kl" and self.method != "olica":
+            raise PruneError("kl allocation is an olica option; the baselines prune every layer uniformly")
+        if not (0 <= self.kl_alpha <= 4):
+            raise PruneError(f"kl-alpha must be in [0, 4], got {self.kl_alpha}")
         if not (0 <= self.qk_sparsity < 1):
             raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
         if self.vo_sparsity is not None and not (0 <= self.vo_sparsity < 1):
@@ -164,7 +170,8 @@ class PruneConfig:
             raise PruneError(f"unknown calibration ranking {self.calibration_ranking!r}; choose dense or pruned")
         if not (self.ridge >= 0 and self.refit_ridge >= 0):
             raise PruneError(f"ridge must be >= 0, got {self.ridge} / {self.refit_ridge}")
-        for name in ("align", "v_align", "num_samples", "seq_len", "batch_size", "ranking_samples"):
+        for name in ("align", "v_align", "num_samples", "seq_len", "batch_size", "ranking_samples",
+                     "kl_samples"):
             if getattr(self, name) <= 0:
                 raise PruneError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("calibration_layers", "calibration_rank"):
@@ -246,6 +253,14 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     # cal_layers_n keep theirs at the end; no dense pass. Every branch has the same
     # size, so the widths do not depend on which layers get one.
     rank_on_pruned = bool(cal_layers_n) and config.calibration_ranking == "pruned"
+    sensitivity = None
+    if layer_specs is None and config.allocation == "kl":
+        t = time.perf_counter()
+        probe_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align,
+                                       spare_layers=spare_layers)
+        sensitivity = run.measure_sensitivity(probe_keep=probe_keep, sequences=config.kl_samples,
+                                              skip=set(spare_layers))
+        timings["sensitivity_s"] = time.perf_counter() - t
     if layer_specs is None and (config.allocation == "adaptive" or (cal_layers_n and not rank_on_pruned)):
         t = time.perf_counter()
         uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
@@ -254,7 +269,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         # whole does (SmolLM2-135M and Qwen2.5-Coder-0.5B at 20 %: the same plan from 32
         # of 128 sequences) at a quarter of the cost. Adaptive allocation reads them all.
         ranking_seqs = None
-        if config.allocation == "uniform":
+        if config.allocation in ("uniform", "kl"):
             seq_len = int(calibration_ids.shape[1])
             ranking_seqs = max(config.ranking_samples, -(-4 * dims.hidden_size // seq_len))
         costs, predictability = run.measure_dense(ffn_keep=uniform_keep,
@@ -268,7 +283,9 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     specs = list(layer_specs) if layer_specs is not None else plan_widths(
         dims, sparsity=config.sparsity, qkv_bias=adapter.qkv_bias, allocation=config.allocation, costs=costs,
         qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
-        spare_layers=spare_layers, vo_sparsity=config.vo_sparsity)
+        spare_layers=spare_layers, vo_sparsity=config.vo_sparsity,
+        sensitivity=[0.0 if v is None else v for v in sensitivity] if sensitivity is not None else None,
+        kl_alpha=config.kl_alpha)
 
     t = time.perf_counter()
     with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=int(config.max_shard_gb * 1e9)) as writer:
@@ -311,6 +328,8 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
             "config": dataclasses.asdict(config),
             "sparsity": spec.sparsity,
             "calibration_layers": cal_choice,
+            **({"sensitivity_kl": [None if v is None else round(v, 6) for v in sensitivity]}
+               if sensitivity is not None else {}),
             "layers": layer_reports,
             "timings": timings,
             "peak_memory": _peak_memory(device),
@@ -350,13 +369,14 @@ def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: 
     return torch.cat(out)
 
 
-def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align) -> int:
-    """FFN width under a uniform plan: the proxy used to rate calibration."""
+def _uniform_ffn_keep(dims, config, qkv_bias, cal_layers_n, cal_rank, align, spare_layers=()) -> int:
+    """FFN width under a uniform plan: the proxy used to rate calibration (and the
+    sensitivity probe's width)."""
     try:
         specs = plan_widths(dims, sparsity=config.sparsity, qkv_bias=qkv_bias, allocation="uniform", costs=None,
                             qk_sparsity=config.qk_sparsity, calibration_layers=list(range(cal_layers_n)),
                             calibration_rank=cal_rank, align=align, tolerance=0.05,
-                            vo_sparsity=config.vo_sparsity)
+                            vo_sparsity=config.vo_sparsity, spare_layers=spare_layers)
     except BudgetError:
         # A uniform plan can be out of reach where the adaptive one is not; the real
         # plan (made after measuring) raises its own error if it fails too.
@@ -475,6 +495,66 @@ class _Run:
             predict.append(gain)
             del layer
         return costs, predict
+
+    @torch.no_grad()
+    def measure_sensitivity(self, *, probe_keep: int, sequences: int, skip: set[int] = frozenset()
+                            ) -> list[float | None]:
+        """Each layer's measured effect on the model's output distribution: the mean
+        KL(dense ‖ probed) of the next-token distributions over the first ``sequences``
+        calibration sequences, where "probed" is the dense model with only that
+        layer's FFN cut to its ``probe_keep`` best neurons (scored as the prune pass
+        scores them, no refit). Layers in ``skip`` are not probed (None).
+
+        One pass over the layers: a probed stream starts at each layer and then
+        runs through the dense layers after it, so every layer is read once and
+        the cost is about L/2 dense forwards of the sequences read."""
+        dense = self._embed(sequences)
+        probes: dict[int, list[torch.Tensor]] = {}
+        for i in self._bar("measuring sensitivity"):
+            layer = self._layer(i)
+            for stream in probes.values():
+                for hb in stream:
+                    mid = hb.add_(self._attention(layer, hb))
+                    mid.add_(layer.mlp(layer.post_attention_layernorm(mid)))
+            mids = [hb + self._attention(layer, hb) for hb in dense]
+            ffn = _FfnStats(layer.mlp, self.dims.hidden_size, self.device)
+            acts = [ffn.forward(layer.post_attention_layernorm(mb)) for mb in mids]
+            if i not in skip:
+                for a in acts:
+                    ffn.add_h(a)
+                keep = torch.argsort(self._ffn_scores(ffn), descending=True)[:probe_keep]
+                w = layer.mlp.down_proj.weight[:, keep]
+                probes[i] = [mb + (a.h[:, keep] @ w.T).view_as(mb) for mb, a in zip(mids, acts)]
+            dense = [mb.add_(a.f.view_as(mb)) for mb, a in zip(mids, acts)]
+            del layer, acts, mids
+            _return_freed_memory()
+        return self._output_kl(dense, probes)
+
+    def _output_kl(self, dense: list[torch.Tensor], probes: dict[int, list[torch.Tensor]]) -> list[float | None]:
+        """Mean KL(dense ‖ probe) of the next-token distributions, per probed layer."""
+        head_name = "model.embed_tokens.weight" if self.dims.tie_word_embeddings else "lm_head.weight"
+        head = self.weights.get(head_name).to(self.device, torch.float32)
+        norm_w = self.weights.get("model.norm.weight").to(self.device, torch.float32)
+        eps = float(getattr(self.config, "rms_norm_eps", 1e-6))
+
+        def logp(x: torch.Tensor) -> torch.Tensor:
+            x = x.float()
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_w
+            return torch.log_softmax(x @ head.T, dim=-1)
+
+        kl = {i: 0.0 for i in probes}
+        n = 0
+        rows = 256  # tokens per logits block: vocab-wide rows are large
+        for b, hb in enumerate(dense):
+            flat = hb.reshape(-1, hb.shape[-1])
+            for start in range(0, flat.shape[0], rows):
+                p = logp(flat[start:start + rows])
+                pe = p.exp()
+                for i, stream in probes.items():
+                    q = logp(stream[b].reshape(-1, hb.shape[-1])[start:start + rows])
+                    kl[i] += float((pe * (p - q)).sum())
+                n += p.shape[0]
+        return [kl[i] / n if i in kl else None for i in range(self.dims.num_layers)]
 
     def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool) -> torch.Tensor:
         """Token-weighted second moment of each head's attention output (o_proj's
@@ -664,18 +744,7 @@ class _Run:
         acts = [ffn.forward(layer.post_attention_layernorm(hb)) for hb in mid]
         for hb, a in zip(mid, acts):
             ffn.add_h(a, weights=_token_weights(hb) if weighted else None)
-        ffn_score = cfg.ffn_score  # always set by PruneConfig (the preset, or the baseline's own)
-        if ffn_score == "contribution":
-            scores = ffn.contribution_scores()
-        elif ffn_score == "paper":
-            scores = ffn_paper_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
-                                      ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
-        elif ffn_score == "wanda":
-            scores = ffn_wanda_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
-                                      ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
-        else:
-            scores = ffn_magnitude_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
-        keep = torch.argsort(scores, descending=True)[: spec.intermediate_size].sort().values
+        keep = torch.argsort(self._ffn_scores(ffn), descending=True)[: spec.intermediate_size].sort().values
         # The kept neurons' gate/up rows are the dense ones, so their activations are the
         # cached h[:, keep]: refit, residual and output read them; nothing needs the rest.
         for a in acts:
@@ -716,6 +785,19 @@ class _Run:
         if branch_aside and cal is not None:
             out_state.update(aside)
         return out_state, ffn_err / max(ffn_ref, 1e-30), cal, new_hidden
+
+    def _ffn_scores(self, ffn: "_FfnStats") -> torch.Tensor:
+        """Each FFN neuron's score by the configured rule (the preset's, or the baseline's own)."""
+        mlp, rule = ffn.mlp, self.cfg.ffn_score
+        if rule == "contribution":
+            return ffn.contribution_scores()
+        if rule == "paper":
+            return ffn_paper_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                                    ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
+        if rule == "wanda":
+            return ffn_wanda_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                                    ffn.x_sq / ffn.n, ffn.h_sq / ffn.n)
+        return ffn_magnitude_scores(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
 
     def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], acts: list[_FfnActs], keep: torch.Tensor, *,
                     weighted: bool) -> torch.Tensor:
