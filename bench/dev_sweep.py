@@ -81,6 +81,11 @@ VARIANTS: dict[str, dict] = {
     "ctx-exact-refit1": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True, refit_ridge=1.0),
     "ctx-exact-refit1-qk1.5s": dict(preset="paper", vo_stats="context", ond="exact", refit_down=True,
                                     refit_ridge=1.0, qk_sparsity="1.5s"),
+    # fourth round: the defaults with the FFN budget spread over layers by measured output KL
+    "kl-a0.25": dict(preset="olica", allocation="kl", kl_alpha=0.25),
+    "kl-a0.5": dict(preset="olica", allocation="kl", kl_alpha=0.5),
+    "kl-a1": dict(preset="olica", allocation="kl", kl_alpha=1.0),
+    "kl-a1-noends": dict(preset="olica", allocation="kl", kl_alpha=1.0, spare_ends=False),
 }
 
 
