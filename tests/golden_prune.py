@@ -6,6 +6,7 @@ compared by tests/test_prune_golden.py: speed changes must not change what is pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from olica_prune.contract import LayerSpec  # noqa: E402
 from olica_prune.pruner import PruneConfig, prune  # noqa: E402
 from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config  # noqa: E402
 
@@ -39,6 +41,9 @@ def ids() -> torch.Tensor:
     return torch.randint(0, 256, (32, 48), generator=torch.Generator().manual_seed(0))
 
 
+# The width fields of a layer's plan, from the contract (not a hand-written list).
+WIDTHS = tuple(f.name for f in dataclasses.fields(LayerSpec))
+
 def run(model: str, config: str, workdir: Path) -> dict:
     src = workdir / f"src-{model}"
     if not src.exists():
@@ -46,9 +51,8 @@ def run(model: str, config: str, workdir: Path) -> dict:
         save_model_checkpoint(random_dense_model(cfg, seed=1), src)
     rep = prune(str(src), output=workdir / f"out-{model}-{config}", overwrite=True, progress=False,
                 calibration_ids=ids(), config=PruneConfig(**BASE, **CONFIGS[config]))
-    keys = ("q_rank", "k_rank", "v_head_dim", "intermediate_size", "calibration_rank")
     return {"achieved": rep["sparsity"]["achieved"],
-            "layers": [{k: r[k] for k in keys} | {k: r[k] for k in ("attn_rel_error", "ffn_rel_error",
+            "layers": [{k: r[k] for k in WIDTHS} | {k: r[k] for k in ("attn_rel_error", "ffn_rel_error",
                                                                     "calibration_explained") if k in r}
                        for r in rep["layers"]]}
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from golden_prune import CONFIGS, GOLDEN, MODELS, run
+from golden_prune import CONFIGS, GOLDEN, MODELS, WIDTHS, run
 
 RECORDED = json.loads(GOLDEN.read_text())
 
@@ -22,8 +22,7 @@ def test_prune_matches_the_recorded_run(model, config, workdir):
     assert got["achieved"] == want["achieved"]
     assert len(got["layers"]) == len(want["layers"])
     for i, (g, w) in enumerate(zip(got["layers"], want["layers"])):
-        widths = ("q_rank", "k_rank", "v_head_dim", "intermediate_size", "calibration_rank")
-        assert {k: g[k] for k in widths} == {k: w[k] for k in widths}, f"layer {i}"
+        assert {k: g[k] for k in WIDTHS} == {k: w[k] for k in WIDTHS}, f"layer {i}"
         assert g.keys() == w.keys(), f"layer {i}"
         for k in ("attn_rel_error", "ffn_rel_error"):
             assert g[k] == pytest.approx(w[k], abs=1e-4), f"layer {i} {k}"
