@@ -86,6 +86,10 @@ VARIANTS: dict[str, dict] = {
     "kl-a0.5": dict(preset="olica", allocation="kl", kl_alpha=0.5),
     "kl-a1": dict(preset="olica", allocation="kl", kl_alpha=1.0),
     "kl-a1-noends": dict(preset="olica", allocation="kl", kl_alpha=1.0, spare_ends=False),
+    "kl-a2": dict(preset="olica", allocation="kl", kl_alpha=2.0),
+    "kl-a1-vo.25s": dict(preset="olica", allocation="kl", kl_alpha=1.0, vo_sparsity="0.25s"),
+    "kl-a1-qk1s": dict(preset="olica", allocation="kl", kl_alpha=1.0, qk_sparsity="1s"),
+    "kl-a1-nocal": dict(preset="olica", allocation="kl", kl_alpha=1.0, calibration=False),
 }
 
 
