@@ -90,6 +90,10 @@ VARIANTS: dict[str, dict] = {
     "kl-a1-vo.25s": dict(preset="olica", allocation="kl", kl_alpha=1.0, vo_sparsity="0.25s"),
     "kl-a1-qk1s": dict(preset="olica", allocation="kl", kl_alpha=1.0, qk_sparsity="1s"),
     "kl-a1-nocal": dict(preset="olica", allocation="kl", kl_alpha=1.0, calibration=False),
+    "kl-a3": dict(preset="olica", allocation="kl", kl_alpha=3.0),
+    "kl-a4": dict(preset="olica", allocation="kl", kl_alpha=4.0),
+    "kl-a2-vo.25s": dict(preset="olica", allocation="kl", kl_alpha=2.0, vo_sparsity="0.25s"),
+    "kl-a2-s32": dict(preset="olica", allocation="kl", kl_alpha=2.0, kl_samples=32),
 }
 
 
