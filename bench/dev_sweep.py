@@ -94,6 +94,9 @@ VARIANTS: dict[str, dict] = {
     "kl-a4": dict(preset="olica", allocation="kl", kl_alpha=4.0),
     "kl-a2-vo.25s": dict(preset="olica", allocation="kl", kl_alpha=2.0, vo_sparsity="0.25s"),
     "kl-a2-s32": dict(preset="olica", allocation="kl", kl_alpha=2.0, kl_samples=32),
+    "kl-a3-vo": dict(preset="olica", allocation="kl", kl_alpha=3.0, kl_vo=True),
+    "kl-a2-vo": dict(preset="olica", allocation="kl", kl_alpha=2.0, kl_vo=True),
+    "kl-a3-s4": dict(preset="olica", allocation="kl", kl_alpha=3.0, kl_samples=4),
 }
 
 

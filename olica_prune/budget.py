@@ -65,7 +65,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
                 calibration_rank: int, align: Alignment, tolerance: float = 0.005,
                 min_keep: float = 0.1, spare_layers: tuple[int, ...] = (),
                 vo_sparsity: float | None = None, sensitivity: list[float] | None = None,
-                kl_alpha: float = 0.5) -> list[LayerSpec]:
+                kl_alpha: float = 0.5, kl_vo: bool = False) -> list[LayerSpec]:
     """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense.
 
     ``vo_sparsity`` (uniform allocation only): the fraction of each pruned
@@ -73,7 +73,8 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     needs. ``None``: V/O and FFN lose the same fraction.
     ``sensitivity`` (``kl`` allocation): one non-negative number per layer
     (spared layers' are ignored); ``kl_alpha`` how strongly it moves the FFN
-    budget between layers.
+    budget between layers; with ``kl_vo`` each layer's V/O fraction is scaled by
+    the same factor as its FFN fraction (otherwise V/O stays uniform).
     """
     d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                         dims.intermediate_size, dims.num_layers)
@@ -132,8 +133,11 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
                 raise ValueError("kl allocation needs one sensitivity per layer")
             fracs = spread_by_sensitivity(frac, sensitivity, [i for i in range(L) if i not in spared],
                                           alpha=kl_alpha, cap=1 - min_keep, L=L)
+        v_fracs = [0.0 if i in spared else v_frac for i in range(L)]
+        if allocation == "kl" and kl_vo and frac > 0:
+            v_fracs = [min(1 - min_keep, v_frac * f / frac) for f in fracs]
         ffn_keep = [m - f * m for f in fracs]
-        v_keep = [e if i in spared else e - v_frac * e for i in range(L)]
+        v_keep = [e - f * e for f in v_fracs]
     elif allocation == "adaptive":
         if costs is None:
             raise ValueError("adaptive allocation needs per-layer costs")

@@ -99,6 +99,7 @@ class PruneConfig:
     allocation: str | None = None  # uniform (default) | adaptive | kl
     kl_alpha: float = 0.5  # kl allocation: layer i loses an FFN share proportional to sensitivity_i ** -kl_alpha
     kl_samples: int = 8  # kl allocation: calibration sequences the sensitivity pass reads
+    kl_vo: bool = False  # kl allocation: scale each layer's V/O fraction like its FFN fraction (else uniform)
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
     vo_sparsity: float | None = None  # fraction of V/O width removed per pruned layer (None: same as FFN)
     calibration: bool | None = None  # linear calibration of FFN residuals (olica only)
@@ -285,7 +286,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         qk_sparsity=config.qk_sparsity, calibration_layers=cal_choice, calibration_rank=cal_rank, align=align,
         spare_layers=spare_layers, vo_sparsity=config.vo_sparsity,
         sensitivity=[0.0 if v is None else v for v in sensitivity] if sensitivity is not None else None,
-        kl_alpha=config.kl_alpha)
+        kl_alpha=config.kl_alpha, kl_vo=config.kl_vo)
 
     t = time.perf_counter()
     with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=int(config.max_shard_gb * 1e9)) as writer:

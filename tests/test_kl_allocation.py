@@ -119,6 +119,14 @@ def test_kl_plan_hits_the_target_and_moves_width_to_sensitive_layers(sparsity):
     assert specs[most].intermediate_size > uniform[most].intermediate_size
     assert specs[least].intermediate_size < uniform[least].intermediate_size
     assert plan_widths(SMOL, allocation="kl", sensitivity=sens, kl_alpha=0.0, **kw) == uniform
+    # kl_vo: V/O widths follow the same per-layer factor, the target still holds
+    both = plan_widths(SMOL, allocation="kl", sensitivity=sens, kl_alpha=1.0, kl_vo=True, **kw)
+    achieved = 1 - count_parameters(OlicaSpec("LlamaForCausalLM", False, both), SMOL) / dense
+    assert abs(achieved - sparsity) <= 0.005, achieved
+    assert both[most].v_head_dim >= uniform[most].v_head_dim
+    assert both[least].v_head_dim <= uniform[least].v_head_dim
+    assert [b.v_head_dim for b in both] != [u.v_head_dim for u in uniform]  # V/O widths did move
+    assert both[0].v_head_dim == both[29].v_head_dim == SMOL.head_dim
 
 
 def test_kl_prune_end_to_end(src, tmp_path):
