@@ -97,6 +97,8 @@ VARIANTS: dict[str, dict] = {
     "kl-a3-vo": dict(preset="olica", allocation="kl", kl_alpha=3.0, kl_vo=True),
     "kl-a2-vo": dict(preset="olica", allocation="kl", kl_alpha=2.0, kl_vo=True),
     "kl-a3-s4": dict(preset="olica", allocation="kl", kl_alpha=3.0, kl_samples=4),
+    "kl-a1-vo": dict(preset="olica", allocation="kl", kl_alpha=1.0, kl_vo=True),
+    "kl-a1-s4": dict(preset="olica", allocation="kl", kl_alpha=1.0, kl_samples=4),
 }
 
 

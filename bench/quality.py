@@ -50,6 +50,7 @@ METHODS = {
     "olica-nocal": dict(method="olica", calibration=False),
     "olica-norefit": dict(method="olica", refit_down=False),
     "olica-adaptive": dict(method="olica", allocation="adaptive"),
+    "olica-uniform": dict(method="olica", allocation="uniform"),  # every pruned layer loses the same FFN fraction
     "olica": dict(method="olica"),
 }
 ABLATION = {
@@ -63,10 +64,10 @@ ABLATION = {
 AGREEMENT_CHUNKS = 5  # per report domain, at the shortest seq-len
 
 
-def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]]) -> dict:
+def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]], device: str = "cpu") -> dict:
     """``chunks``: domain -> seq-len -> [n, seq] ids. PPL per domain and seq-len,
     the geometric mean over the report domains, top-1 agreement with dense."""
-    model = load_causal_lm(path)
+    model = load_causal_lm(path, device=device)
     lens = sorted({n for by_len in chunks.values() for n in by_len})
     out: dict = {"ppl": {d: {str(n): perplexity(model, c, progress=False) for n, c in by_len.items()}
                          for d, by_len in chunks.items()}}
@@ -149,6 +150,9 @@ def main() -> None:
                     help="prune-time/memory runs: tiny smollm2-135m random_1b (none by default)")
     ap.add_argument("--timing-samples", type=int, default=128)
     ap.add_argument("--num-samples", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="where models are pruned and evaluated: cpu (default), cuda, auto")
+    ap.add_argument("--self-ids", default=None,
+                    help="a .pt file of self-sampled calibration ids to use for 'self' (sampled on another machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     ap.add_argument("--ablation-first", action="store_true", help="run the ablation rows before the grid")
@@ -166,6 +170,9 @@ def main() -> None:
         sys.exit(f"{args.out} exists: pass --merge to add these rows to it, --overwrite to replace it, "
                  "or --out elsewhere")
     torch.set_grad_enabled(False)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    self_ids = torch.load(args.self_ids) if args.self_ids else None
 
     from transformers import AutoTokenizer
 
@@ -179,7 +186,7 @@ def main() -> None:
             source = str(suite.text_dir() / f"{source.removeprefix('suite:')}.txt")
         if source not in calib_cache:
             calib_cache[source] = calibration_mix(src, tok, source, num_samples=args.num_samples, seq_len=128,
-                                                  seed=args.seed, device="cpu", progress=False)
+                                                  seed=args.seed, device="cpu", progress=False, self_ids=self_ids)
         return calib_cache[source]
 
     calibration_for(cal_source)
@@ -190,14 +197,15 @@ def main() -> None:
         texts["pydoc (extra, not in the mean)"] = "pydoc"
     chunks = {d: {n: eval_chunks(tok, t, seq_len=n, max_chunks=args.max_chunks) for n in args.seq_lens}
               for d, t in texts.items()}
-    dense = load_causal_lm(src)
-    results = {"model": args.model, "commit": commit_hash(), "report_domains": list(suite.REPORT_DOMAINS),
+    dense = load_causal_lm(src, device=args.device)
+    results = {"model": args.model, "commit": commit_hash(), "device": args.device,
+               "report_domains": list(suite.REPORT_DOMAINS),
                "eval_text": "report domains of olica_prune.suite; pydoc held-out split as an extra column",
                "calibration": f"{cal_source}, {args.num_samples} x 128 tokens, seed {args.seed}",
                "eval_tokens": {d: {str(n): int(c.numel()) for n, c in by_len.items()} for d, by_len in chunks.items()},
                "rows": [], "ablation": []}
     t = time.perf_counter()
-    results["dense"] = evaluate(src, None, chunks)
+    results["dense"] = evaluate(src, None, chunks, args.device)
     print(f"dense: {results['dense']}", flush=True)
     prior = None
     if args.merge and Path(args.out).exists():
@@ -221,12 +229,12 @@ def main() -> None:
             overrides = dict(overrides)
             ids = calibration_for(overrides.pop("dataset", cal_source))
             rep = prune(str(src), output=out, overwrite=True, calibration_ids=ids, progress=False,
-                        config=PruneConfig(sparsity=sparsity, **overrides))
+                        config=PruneConfig(sparsity=sparsity, device=args.device, **overrides))
         except Exception as exc:  # a method that cannot reach a sparsity is a result, not a crash
             print(f"{name} @ {sparsity}: {type(exc).__name__}: {exc}", flush=True)
             return {"method": name, "sparsity": sparsity, "error": str(exc)}
         row = {"method": name, "sparsity": sparsity, "commit": results["commit"], "achieved": rep["sparsity"]["achieved"],
-               "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks)}
+               "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks, args.device)}
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
         print(json.dumps(row), flush=True)
