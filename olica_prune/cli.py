@@ -40,12 +40,12 @@ def _prune_parser(sub) -> None:
                    help="weigh the V/O basis by the heads' attention outputs (default) or by the value inputs "
                         "(the paper's choice)")
     p.add_argument("--allocation", choices=["adaptive", "uniform", "kl"], default=None,
-                   help="per-layer budget split: uniform (default), kl (each layer's FFN share set by how much "
-                        "pruning that layer alone changes the output distribution) or adaptive (units ranked "
-                        "by measured energy)")
-    p.add_argument("--kl-alpha", type=float, default=0.5,
+                   help="per-layer budget split: kl (olica default: each layer's FFN share set by how much "
+                        "pruning that layer alone changes the output distribution), uniform (every layer the "
+                        "same; the paper's, and the cheapest) or adaptive (units ranked by measured energy)")
+    p.add_argument("--kl-alpha", type=float, default=1.0,
                    help="kl allocation: layer i loses an FFN share proportional to its KL ** -alpha "
-                        "(0 = uniform; default 0.5)")
+                        "(0 = uniform; default 1)")
     p.add_argument("--kl-samples", type=int, default=8,
                    help="kl allocation: calibration sequences the sensitivity pass reads (default 8)")
     p.add_argument("--qk-sparsity", type=float, default=None,

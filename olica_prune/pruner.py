@@ -5,10 +5,13 @@ layer's weights and the calibration activations are in memory at a time, and
 each pruned layer is written out as soon as it is done. Layer ``l`` is pruned
 on the outputs of the already-pruned layers ``< l``.
 
-With ``allocation="adaptive"`` a first, dense pass measures what every FFN
-neuron and V/O direction carries (``budget.LayerCosts``) and which layers'
-FFN residuals are most linearly predictable; the widths are planned from it,
-then the second pass prunes.
+Before the prune pass, the widths are planned. Under the default ``kl``
+allocation a sensitivity pass (8 sequences) measures how much cutting each
+layer's FFN alone changes the output distribution, and a dense ranking pass (a
+share of the sequences) picks the layers whose FFN residuals are most linearly
+predictable for a calibration branch. With ``allocation="adaptive"`` the dense
+pass reads every sequence and also measures what every FFN neuron and V/O
+direction carries (``budget.LayerCosts``); the widths are planned from it.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The paper's split (Q/K low rank, V/O at s/2, FFN the rest) with: the V/O
         # basis weighted by what the heads read (attention outputs) and exact OND,
         # the kept down_proj columns refitted by a ridge shrunk towards the original
-        # columns (ridge 1: half way in each direction's own scale).
-        "qk_sparsity": "1.5s", "vo_sparsity": "s/2", "calibration": True, "refit_down": True,
+        # columns (ridge 1: half way in each direction's own scale); the FFN budget
+        # spread over the layers by their measured output KL (alpha 1).
+        "allocation": "kl", "qk_sparsity": "1.5s", "vo_sparsity": "s/2", "calibration": True, "refit_down": True,
         "refit_ridge": 1.0, "vo_stats": "context", "ond": "exact", "ffn_score": "paper", "spare_ends": True,
     },
     "paper": {
@@ -71,6 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # V/O weighted by the value inputs (fast OND); no down_proj refit.
         "qk_sparsity": "2s", "vo_sparsity": "s/2", "calibration": True, "refit_down": False,
         "refit_ridge": 1e-3, "vo_stats": "input", "ond": "fast", "ffn_score": "paper", "spare_ends": True,
+        "allocation": "uniform",
     },
 }
 FFN_SCORES = ("contribution", "paper", "wanda", "magnitude")
@@ -96,8 +101,8 @@ class PruneConfig:
     method: str = "olica"  # olica | magnitude | wanda-sp
     preset: str = "olica"  # olica (project default) | paper
     ond: str | None = None  # fast | exact | separate | none  (olica only)
-    allocation: str | None = None  # uniform (default) | adaptive | kl
-    kl_alpha: float = 0.5  # kl allocation: layer i loses an FFN share proportional to sensitivity_i ** -kl_alpha
+    allocation: str | None = None  # kl (olica preset) | uniform (paper preset, baselines) | adaptive
+    kl_alpha: float = 1.0  # kl allocation: layer i loses an FFN share proportional to sensitivity_i ** -kl_alpha
     kl_samples: int = 8  # kl allocation: calibration sequences the sensitivity pass reads
     kl_vo: bool = False  # kl allocation: scale each layer's V/O fraction like its FFN fraction (else uniform)
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
