@@ -52,7 +52,7 @@ def run(model: str, config: str, workdir: Path) -> dict:
         cfg = tiny_config(num_layers=8, intermediate_size=128, **MODELS[model])
         save_model_checkpoint(random_dense_model(cfg, seed=1), src)
     rep = prune(str(src), output=workdir / f"out-{model}-{config}", overwrite=True, progress=False,
-                calibration_ids=ids(), config=PruneConfig(**BASE, **CONFIGS[config]))
+                calibration_ids=ids(), config=PruneConfig(**{**BASE, **CONFIGS[config]}))
     return {"achieved": rep["sparsity"]["achieved"],
             "layers": [{k: r[k] for k in WIDTHS} | {k: r[k] for k in ("attn_rel_error", "ffn_rel_error",
                                                                     "calibration_explained") if k in r}
