@@ -88,9 +88,11 @@ _PRUNE = _PRELUDE + """
 from olica_prune.pruner import PruneConfig, prune
 t = time.perf_counter()
 rep = prune({src!r}, output={out!r}, overwrite=True, calibration_ids=ids, progress=True,
-            config=PruneConfig(sparsity={sparsity}, device={device!r}, batch_size={batch}))
+            config=PruneConfig(sparsity={sparsity}, device={device!r}, batch_size={batch},
+                               allocation={allocation!r}))
 layer_s = sorted(r["seconds"] for r in rep["layers"])
 print(json.dumps(dict(seconds=time.perf_counter() - t, achieved=rep["sparsity"]["achieved"],
+                      allocation=rep["config"]["allocation"],
                       timings=rep["timings"], peak_anon_gib=peak_anon[0] / 2**20,
                       peak_rss_gib=status("VmHWM") / 2**20, device=rep.get("device"),
                       layer_s_median=layer_s[len(layer_s) // 2], peak_memory=rep["peak_memory"],
@@ -144,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--allocation", default=None, choices=["kl", "uniform", "adaptive"],
+                    help="default: the pruner's default (kl)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune_cost.json"))
     args = ap.parse_args(argv)
     import torch
@@ -160,12 +164,14 @@ def main(argv=None) -> int:
         for kind in args.models:
             src, ids = _source(kind, work)
             fmt = dict(root=str(ROOT), ids=str(ids), src=src, device=args.device, batch=args.batch_size,
-                       sparsity=args.sparsity, out=str(work / f"out-{kind}"))
+                       sparsity=args.sparsity, out=str(work / f"out-{kind}"), allocation=args.allocation)
             t = time.perf_counter()
             fwd = _run(_FORWARD.format(**fmt))
             pr = _run(_PRUNE.format(**fmt))
             row = {"commit": result["commit"], "forward_s": round(fwd["seconds"], 2),
                    "prune_s": round(pr["seconds"], 2), "forward_passes": round(pr["seconds"] / fwd["seconds"], 2),
+                   "allocation": pr["allocation"],
+                   "sensitivity_s": round(pr["timings"].get("sensitivity_s", 0.0), 2),
                    "measure_s": round(pr["timings"].get("measure_s", 0.0), 2),
                    "prune_pass_s": round(pr["timings"]["prune_s"], 2),
                    "achieved": pr["achieved"], "peak_anon_gib": round(pr["peak_anon_gib"], 3),
