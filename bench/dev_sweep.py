@@ -71,7 +71,8 @@ VARIANTS: dict[str, dict] = {
     "ctx-exact-nocal": dict(preset="paper", vo_stats="context", ond="exact", calibration=False),
     "ctx-vo.25s": dict(preset="paper", vo_stats="context", vo_sparsity="0.25s"),
     # the default preset, and the default with branches ranked on the pruned stream (no dense pass)
-    "default": dict(preset="olica"),
+    "default": dict(preset="olica"),  # the olica preset as it is now (kl allocation since the fourth round)
+    "uniform": dict(preset="olica", allocation="uniform"),  # the olica preset with uniform allocation
     "default-rank-pruned": dict(preset="olica", calibration_ranking="pruned"),
     # why wanda-sp collapses on Qwen2.5-Coder (a diagnosis, not a choice of defaults)
     "wanda-sp-vo0": dict(method="wanda-sp", vo_sparsity=0.0),  # V/O untouched, all of the budget from the FFN
