@@ -2,7 +2,7 @@
 
 The target is a fraction of *all* parameters (embeddings included) and is hit
 within a tolerance after rounding every width to its alignment, calibration
-branches counted. Two allocations:
+branches counted. Three allocations:
 
 - ``uniform``: every layer loses the same fraction of its V/O and FFN widths
   (the paper's and the baselines' protocol).
@@ -65,7 +65,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
                 calibration_rank: int, align: Alignment, tolerance: float = 0.005,
                 min_keep: float = 0.1, spare_layers: tuple[int, ...] = (),
                 vo_sparsity: float | None = None, sensitivity: list[float] | None = None,
-                kl_alpha: float = 0.5, kl_vo: bool = False) -> list[LayerSpec]:
+                kl_alpha: float = 1.0, kl_vo: bool = False) -> list[LayerSpec]:
     """Per-layer widths whose total parameter count is ``(1 - sparsity)`` of dense.
 
     ``vo_sparsity`` (uniform allocation only): the fraction of each pruned
