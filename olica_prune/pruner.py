@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from .budget import Alignment, BudgetError, LayerCosts, plan_widths
 from . import preflight
 from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
-from .layers import SourceWeights, build_layer, load_config, read_dense_layer, rotary
+from .layers import SourceWeights, build_layer, layer_forward, load_config, read_dense_layer, rotary
 from .linalg import (
     damped_cholesky,
     ffn_contribution_scores,
@@ -518,10 +519,8 @@ class _Run:
         probes: dict[int, list[torch.Tensor]] = {}
         for i in self._bar("measuring sensitivity"):
             layer = self._layer(i)
-            for stream in probes.values():
-                for hb in stream:
-                    mid = hb.add_(self._attention(layer, hb))
-                    mid.add_(layer.mlp(layer.post_attention_layernorm(mid)))
+            for j, stream in probes.items():
+                probes[j] = [layer_forward(layer, hb, self.pos) for hb in stream]
             mids = [hb + self._attention(layer, hb) for hb in dense]
             ffn = _FfnStats(layer.mlp, self.dims.hidden_size, self.device)
             acts = [ffn.forward(layer.post_attention_layernorm(mb)) for mb in mids]
@@ -540,13 +539,11 @@ class _Run:
         """Mean KL(dense ‖ probe) of the next-token distributions, per probed layer."""
         head_name = "model.embed_tokens.weight" if self.dims.tie_word_embeddings else "lm_head.weight"
         head = self.weights.get(head_name).to(self.device, torch.float32)
-        norm_w = self.weights.get("model.norm.weight").to(self.device, torch.float32)
-        eps = float(getattr(self.config, "rms_norm_eps", 1e-6))
+        norm = LlamaRMSNorm(self.dims.hidden_size, eps=self.config.rms_norm_eps).to(self.device)
+        norm.weight.copy_(self.weights.get("model.norm.weight"))
 
         def logp(x: torch.Tensor) -> torch.Tensor:
-            x = x.float()
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_w
-            return torch.log_softmax(x @ head.T, dim=-1)
+            return torch.log_softmax(norm(x) @ head.T, dim=-1)
 
         kl = {i: 0.0 for i in probes}
         n = 0
