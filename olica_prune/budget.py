@@ -181,6 +181,26 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     )
 
 
+# kl allocation: how strongly the measured sensitivities move the FFN budget,
+# by sparsity. Chosen on SmolLM2-135M's dev domains (bench/results/dev/sweep5,
+# sweep7-10; Qwen2.5-Coder-0.5B's at 10-30 %): up to 30 % alpha 1 wins or ties;
+# at 40 % 0.5 is best (1 is no better than uniform) and at 50 % 0.25 (1 is worse
+# than uniform). Deeper cuts make each layer's probe a larger perturbation and
+# the measured sensitivities spread further apart, so the same alpha moves more.
+KL_ALPHA_POINTS = ((0.3, 1.0), (0.5, 0.25))
+
+
+def default_kl_alpha(sparsity: float) -> float:
+    """The kl allocation's alpha for ``sparsity`` when none is given: 1 up to
+    30 %, then falling linearly to 0.25 at 50 % and staying there."""
+    (s0, a0), (s1, a1) = KL_ALPHA_POINTS
+    if sparsity <= s0:
+        return a0
+    if sparsity >= s1:
+        return a1
+    return a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
+
+
 def spread_by_sensitivity(mean_frac: float, sensitivity: list[float], layers: list[int], *, alpha: float,
                           cap: float, L: int) -> list[float]:
     """Per-layer removed fractions over ``layers`` (others 0) with mean ``mean_frac``,

@@ -43,9 +43,9 @@ def _prune_parser(sub) -> None:
                    help="per-layer budget split: kl (olica default: each layer's FFN share set by how much "
                         "pruning that layer alone changes the output distribution), uniform (every layer the "
                         "same; the paper's, and the cheapest) or adaptive (units ranked by measured energy)")
-    p.add_argument("--kl-alpha", type=float, default=1.0,
+    p.add_argument("--kl-alpha", type=float, default=None,
                    help="kl allocation: layer i loses an FFN share proportional to its KL ** -alpha "
-                        "(0 = uniform; default 1)")
+                        "(0 = uniform; default by sparsity: 1 up to 30 %%, falling linearly to 0.25 at 50 %%)")
     p.add_argument("--kl-samples", type=int, default=8,
                    help="kl allocation: calibration sequences the sensitivity pass reads (default 8)")
     p.add_argument("--qk-sparsity", type=float, default=None,

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from .budget import Alignment, BudgetError, LayerCosts, plan_widths
+from .budget import Alignment, BudgetError, LayerCosts, default_kl_alpha, plan_widths
 from . import preflight
 from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
 from .layers import SourceWeights, build_layer, layer_forward, load_config, read_dense_layer, rotary
@@ -103,7 +103,8 @@ class PruneConfig:
     preset: str = "olica"  # olica (project default) | paper
     ond: str | None = None  # fast | exact | separate | none  (olica only)
     allocation: str | None = None  # kl (olica preset) | uniform (paper preset, baselines) | adaptive
-    kl_alpha: float = 1.0  # kl allocation: layer i loses an FFN share proportional to sensitivity_i ** -kl_alpha
+    kl_alpha: float | None = None  # kl allocation: layer i loses an FFN share ∝ sensitivity_i ** -kl_alpha
+    #                                (None: budget.default_kl_alpha(sparsity), 1 up to 30 %, 0.25 from 50 %)
     kl_samples: int = 8  # kl allocation: calibration sequences the sensitivity pass reads
     kl_vo: bool = False  # kl allocation: scale each layer's V/O fraction like its FFN fraction (else uniform)
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
@@ -167,6 +168,8 @@ class PruneConfig:
             raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive, kl or uniform")
         if self.allocation == "kl" and self.method != "olica":
             raise PruneError("kl allocation is an olica option; the baselines prune every layer uniformly")
+        if self.kl_alpha is None:
+            self.kl_alpha = default_kl_alpha(self.sparsity)
         if not (0 <= self.kl_alpha <= 4):
             raise PruneError(f"kl-alpha must be in [0, 4], got {self.kl_alpha}")
         if not (0 <= self.qk_sparsity < 1):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from olica_prune.budget import Alignment, BudgetError, plan_widths, spread_by_sensitivity
+from olica_prune.budget import Alignment, BudgetError, default_kl_alpha, plan_widths, spread_by_sensitivity
 from olica_prune.cli import main as cli_main
 from olica_prune.contract import ModelDims, OlicaSpec, count_parameters
 from olica_prune.layers import SourceWeights, load_config
@@ -157,3 +157,28 @@ def test_kl_refusals(src, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kl-alpha" in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_default_alpha_follows_sparsity():
+    # 1 up to 30 %, linear to 0.25 at 50 %, flat after: the dev grid's choice
+    assert [default_kl_alpha(s) for s in (0.05, 0.2, 0.3)] == [1.0, 1.0, 1.0]
+    assert default_kl_alpha(0.4) == pytest.approx(0.625)
+    assert default_kl_alpha(0.5) == default_kl_alpha(0.7) == 0.25
+    alphas = [default_kl_alpha(s / 100) for s in range(1, 91)]
+    assert all(a >= b for a, b in zip(alphas, alphas[1:]))  # never rises with sparsity
+    # PruneConfig resolves an unset alpha from its sparsity; a given one is kept
+    assert PruneConfig(sparsity=0.2).kl_alpha == 1.0
+    assert PruneConfig(sparsity=0.5).kl_alpha == 0.25
+    assert PruneConfig(sparsity=0.5, kl_alpha=2.0).kl_alpha == 2.0
+    assert PruneConfig(sparsity=0.5, kl_alpha=0.0).kl_alpha == 0.0  # 0 (uniform spread) is a value, not unset
+
+
+def test_cli_alpha_default_is_the_schedule(monkeypatch, tmp_path):
+    import olica_prune.pruner as pruner
+
+    seen = []
+    monkeypatch.setattr(pruner, "prune", lambda model, *, config, **kw: seen.append(config) or {})
+    monkeypatch.setattr(pruner, "summary_line", lambda report: "")
+    for sparsity, alpha in (("0.5", []), ("0.2", []), ("0.5", ["--kl-alpha", "2"])):
+        assert cli_main(["prune", "m", "--sparsity", sparsity, "--output", str(tmp_path / "x"), *alpha]) == 0
+    assert [(c.allocation, c.kl_alpha) for c in seen] == [("kl", 0.25), ("kl", 1.0), ("kl", 2.0)]
