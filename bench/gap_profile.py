@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -44,12 +43,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+from olica_prune import suite  # noqa: E402
 from throughput import (  # noqa: E402
     answer_worker,
-    build_native_model,
     environment,
     make_prompts,
-    native_config,
+    native_model_for,
     param_count,
     read_config,
     run_engine,
@@ -220,13 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     models = {"dense": dense_dir, "olica": pruned_dir}
     if args.native:
-        ncfg = native_config(read_config(dense_dir), param_count(read_config(pruned_dir)))
-        native_dir = workdir / "native"
-        if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
-                ncfg["intermediate_size"]:
-            shutil.rmtree(native_dir, ignore_errors=True)
-            build_native_model(dense_dir, ncfg, native_dir)
-        models["native"] = native_dir
+        models["native"] = native_model_for(dense_dir, param_count(read_config(pruned_dir)), workdir)
     prompts_path = workdir / "prompts.json"
     prompts_path.write_text(json.dumps(make_prompts(dense_dir, num_prompts=args.num_prompts,
                                                     input_len=args.input_len, seed=0)))
@@ -256,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw": raw,
     }
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    suite._write_atomic(out, json.dumps(result, indent=2) + "\n")
     print()
     print(markdown(result))
     print(f"\nwrote {out} (logs in {workdir})")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit_hash  # noqa: E402
-from throughput import build_native_model, environment, native_config, param_count, read_config  # noqa: E402
+from throughput import environment, native_model_for, param_count, read_config  # noqa: E402
 
 from olica_prune import suite  # noqa: E402
 from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
@@ -281,13 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--native-for {args.native_for} is not one of --pruned")
         else:
             native_kind = min((k for k in sparsities), key=lambda k: abs((sparsities[k] or 0) - 0.2))
-        like = models[native_kind]
-        ncfg = native_config(read_config(dense_dir), param_count(read_config(like)))
-        native_dir = workdir / "native"
-        if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
-                ncfg["intermediate_size"]:
-            build_native_model(dense_dir, ncfg, native_dir)
-        models["native"] = native_dir
+        models["native"] = native_model_for(dense_dir, param_count(read_config(models[native_kind])), workdir)
 
     scenarios = [{"name": f"c{c}", "input_len": args.input_len, "output_len": args.output_len, "concurrency": c,
                   "num_prompts": max(8, args.prompts_per_slot * c)} for c in args.concurrency]

@@ -119,6 +119,18 @@ def build_native_model(dense_dir: Path, config: dict, out: Path, *, seed: int = 
     return out
 
 
+def native_model_for(dense_dir: Path, target_params: int, workdir: Path) -> Path:
+    """``workdir/native``: the native Llama of ``target_params`` built from ``dense_dir``,
+    reused when one of the same FFN width is already there (rebuilt otherwise)."""
+    config = native_config(read_config(dense_dir), target_params)
+    native_dir = Path(workdir) / "native"
+    if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
+            config["intermediate_size"]:
+        shutil.rmtree(native_dir, ignore_errors=True)
+        build_native_model(dense_dir, config, native_dir)
+    return native_dir
+
+
 # --------------------------------------------------------------------------- one engine run (subprocess)
 
 
@@ -297,12 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models = {"dense": (dense_dir, dense_cfg), "olica": (pruned_dir, pruned_cfg)}
     if args.native:
-        ncfg = native_config(dense_cfg, param_count(pruned_cfg))
-        native_dir = workdir / "native"
-        if not (native_dir / "config.json").is_file() or read_config(native_dir).get("intermediate_size") != \
-                ncfg["intermediate_size"]:
-            shutil.rmtree(native_dir, ignore_errors=True)
-            build_native_model(dense_dir, ncfg, native_dir)
+        native_dir = native_model_for(dense_dir, param_count(pruned_cfg), workdir)
         models["native"] = (native_dir, read_config(native_dir))
     info = {}
     for kind, (path, cfg) in models.items():
