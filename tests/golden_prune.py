@@ -36,6 +36,8 @@ CONFIGS = {
     "olica-adaptive": dict(allocation="adaptive"),
     "paper": dict(preset="paper"),
     "wanda-sp": dict(method="wanda-sp"),
+    # the default allocation; 12 probe sequences span one and a half batches of 8
+    "olica-kl": dict(allocation="kl", kl_samples=12),
 }
 
 
