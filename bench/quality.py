@@ -121,7 +121,7 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, params=rep["sparsity"]["p
                       achieved=rep["sparsity"]["achieved"], samples={num_samples},
                       peak_rss_gib=status("VmHWM") / 2**20,
                       peak_anon_gib=peak_anon[0] / 2**20,
-                      rss_before_prune_gib=before / 2**20, measure_s=rep["timings"].get("measure_s"),
+                      rss_before_prune_gib=before / 2**20, dense_pass_s=rep["timings"].get("dense_pass_s"),
                       prune_s=rep["timings"]["prune_s"])))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -263,29 +263,40 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     # cal_layers_n keep theirs at the end; no dense pass. Every branch has the same
     # size, so the widths do not depend on which layers get one.
     rank_on_pruned = bool(cal_layers_n) and config.calibration_ranking == "pruned"
-    sensitivity = None
-    if layer_specs is None and config.allocation == "kl":
+    sensitivity, dense_pass = None, None
+    need_sensitivity = layer_specs is None and config.allocation == "kl"
+    need_costs = layer_specs is None and (config.allocation == "adaptive" or (cal_layers_n and not rank_on_pruned))
+    if need_sensitivity or need_costs:
+        # One dense pass serves both: the kl allocation's sensitivity probes and the
+        # ranking of layers for a calibration branch (or adaptive allocation's costs).
         t = time.perf_counter()
-        probe_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align,
-                                       spare_layers=spare_layers)
-        sensitivity = run.measure_sensitivity(probe_keep=probe_keep, sequences=config.kl_samples,
-                                              skip=set(spare_layers))
-        timings["sensitivity_s"] = time.perf_counter() - t
-    if layer_specs is None and (config.allocation == "adaptive" or (cal_layers_n and not rank_on_pruned)):
-        t = time.perf_counter()
-        uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align)
-        # Uniform allocation reads this pass only to rank layers (which get a branch, where
+        probe_keep = None
+        if need_sensitivity:
+            probe_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank, align,
+                                           spare_layers=spare_layers)
+        uniform_keep = _uniform_ffn_keep(dims, config, adapter.qkv_bias, cal_layers_n, cal_rank,
+                                         align) if need_costs else 0
+        # Uniform and kl allocation read this pass only to rank layers (which get a branch, where
         # rounding chunks land): a share of the calibration sequences ranks them as the
         # whole does (SmolLM2-135M and Qwen2.5-Coder-0.5B at 20 %: the same plan from 32
         # of 128 sequences) at a quarter of the cost. Adaptive allocation reads them all.
-        ranking_seqs = None
-        if config.allocation in ("uniform", "kl"):
-            seq_len = int(calibration_ids.shape[1])
-            ranking_seqs = max(config.ranking_samples, -(-4 * dims.hidden_size // seq_len))
-        costs, predictability = run.measure_dense(ffn_keep=uniform_keep,
-                                                  cal_rank=cal_rank if cal_layers_n and not rank_on_pruned else 0,
-                                                  vo_costs=config.allocation == "adaptive", sequences=ranking_seqs)
-        timings["measure_s"] = time.perf_counter() - t
+        sequences = config.kl_samples
+        if need_costs:
+            sequences = None
+            if config.allocation in ("uniform", "kl"):
+                seq_len = int(calibration_ids.shape[1])
+                sequences = max(config.ranking_samples, -(-4 * dims.hidden_size // seq_len),
+                                config.kl_samples if need_sensitivity else 0)
+        costs, predictability, sensitivity = run.measure_dense(
+            ffn_keep=uniform_keep, cal_rank=cal_rank if cal_layers_n and not rank_on_pruned else 0,
+            vo_costs=config.allocation == "adaptive", sequences=sequences, probe_keep=probe_keep,
+            probe_sequences=config.kl_samples, skip=set(spare_layers))
+        timings["dense_pass_s"] = time.perf_counter() - t
+        dense_pass = {"sensitivity": need_sensitivity, "ranking": bool(cal_layers_n and not rank_on_pruned),
+                      "costs": config.allocation == "adaptive",
+                      "sequences": int(calibration_ids[:sequences].shape[0])}
+        if not need_costs:
+            costs = None
         if cal_layers_n and not rank_on_pruned:
             cal_choice = sorted(sorted(candidates, key=lambda i: -predictability[i])[:cal_layers_n])
     if rank_on_pruned:
@@ -341,6 +352,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
             **({"sensitivity_kl": [None if v is None else round(v, 6) for v in sensitivity]}
                if sensitivity is not None else {}),
             "layers": layer_reports,
+            "dense_pass": dense_pass,  # what the dense pass measured (None: no dense pass)
             "timings": timings,
             "peak_memory": _peak_memory(device),
             "device": str(device),
@@ -462,22 +474,37 @@ class _Run:
     # --------------------------------------------------------- dense pass
     @torch.no_grad()
     def measure_dense(self, *, ffn_keep: int, cal_rank: int, vo_costs: bool = True,
-                      sequences: int | None = None) -> tuple[list[LayerCosts], list[float]]:
-        """Unit energies and FFN-residual predictability of every dense layer.
+                      sequences: int | None = None, probe_keep: int | None = None, probe_sequences: int = 0,
+                      skip: set[int] = frozenset()) -> tuple[list[LayerCosts], list[float], list[float | None] | None]:
+        """The one dense pass: unit energies and FFN-residual predictability of every
+        dense layer over the first ``sequences`` calibration sequences (all when None)
+        and, with ``probe_keep``, each layer's sensitivity on the first
+        ``probe_sequences`` of them (see :meth:`measure_sensitivity`; None otherwise).
 
         Every token's contribution is measured relative to the residual stream
         it is added to (weight ``1/‖h_t‖²``): the next RMSNorm sees the change
         in that proportion. A plain mean would be dominated by the few tokens
         with massive activations and make middle layers look unimportant.
 
-        Without ``vo_costs`` (uniform allocation, where only the FFN energies
+        Without ``vo_costs`` (uniform and kl allocation, where only the FFN energies
         place rounding chunks) the V/O statistics are not built: zeros instead.
         """
         d = self.dims.hidden_size
         hidden = self._embed(sequences)
+        seq_len = int(self.ids.shape[1])
+        # How many sequences of each batch the probes read: the first probe_sequences.
+        takes, left = [], probe_sequences if probe_keep is not None else 0
+        for hb in hidden:
+            takes.append(min(int(hb.shape[0]), left))
+            left -= takes[-1]
+        probes: dict[int, list[torch.Tensor]] = {}
         costs, predict = [], []
-        for i in self._bar("measuring (dense pass)"):
+        bar = "measuring (dense pass" + (", sensitivity)" if probe_keep is not None else ")")
+        for i in self._bar(bar):
             layer = self._layer(i)
+            # A probed stream starts at its own layer and runs through the dense layers after it.
+            for j, stream in probes.items():
+                probes[j] = [layer_forward(layer, hb, self.pos) for hb in stream]
             if vo_costs:
                 chol = damped_cholesky(self._attn_stats(layer, hidden, weighted=True))
                 ctx_cov = self._context_covariance(layer, hidden, weighted=True)
@@ -486,12 +513,23 @@ class _Run:
                 slot_energy = self._slot_energy(layer, vo, ctx_cov)  # [e]
             else:
                 slot_energy = torch.zeros(self.dims.head_dim, dtype=torch.float64)
-            mid = [h + self._attention(layer, h) for h in hidden]
+            mid = [h.add_(self._attention(layer, h)) for h in hidden]  # in place: nothing reads hidden again
             ffn = _FfnStats(layer.mlp, d, self.device)
             acts = [ffn.forward(layer.post_attention_layernorm(h)) for h in mid]  # each computed once
             for h, a in zip(mid, acts):
                 ffn.add_h(a, weights=_token_weights(h))
             energy = ffn.contribution_scores() ** 2
+            if probe_keep is not None and i not in skip:
+                # the probe: only this layer's FFN cut to its best probe_keep neurons, scored as
+                # the prune pass scores them (unweighted statistics of the probed sequences), no refit
+                probe_stats = _FfnStats(layer.mlp, d, self.device)
+                for a, n in zip(acts, takes):
+                    if n:
+                        probe_stats.add_h(_FfnActs(x=a.x[:n * seq_len], h=a.h[:n * seq_len], f=a.f[:n * seq_len]))
+                keep = torch.argsort(self._ffn_scores(probe_stats), descending=True)[:probe_keep]
+                w = layer.mlp.down_proj.weight[:, keep]
+                probes[i] = [mb[:n] + (a.h[:n * seq_len, keep] @ w.T).view_as(mb[:n])
+                             for mb, a, n in zip(mid, acts, takes) if n]
             gain = 0.0
             if cal_rank:
                 keep = torch.argsort(energy, descending=True)[:ffn_keep].sort().values
@@ -499,14 +537,17 @@ class _Run:
                     ffn.add_residual(a, keep, weights=_token_weights(h))
                 cal = ffn.fit(cal_rank, self.cfg.ridge)
                 gain = (cal.residual_energy - cal.remaining_energy) / ffn.n
-            hidden = [h + a.f.view_as(h) for h, a in zip(mid, acts)]
-            del acts
+            hidden = [h.add_(a.f.view_as(h)) for h, a in zip(mid, acts)]
+            del acts, mid
             costs.append(LayerCosts(ffn=energy.cpu(), vo=slot_energy.cpu(), stream=1.0))
             predict.append(gain)
             del layer
-        return costs, predict
+            _return_freed_memory()
+        kl = None
+        if probe_keep is not None:
+            kl = self._output_kl([hb[:n] for hb, n in zip(hidden, takes) if n], probes)
+        return costs, predict, kl
 
-    @torch.no_grad()
     def measure_sensitivity(self, *, probe_keep: int, sequences: int, skip: set[int] = frozenset()
                             ) -> list[float | None]:
         """Each layer's measured effect on the model's output distribution: the mean
@@ -517,26 +558,10 @@ class _Run:
 
         One pass over the layers: a probed stream starts at each layer and then
         runs through the dense layers after it, so every layer is read once and
-        the cost is about L/2 dense forwards of the sequences read."""
-        dense = self._embed(sequences)
-        probes: dict[int, list[torch.Tensor]] = {}
-        for i in self._bar("measuring sensitivity"):
-            layer = self._layer(i)
-            for j, stream in probes.items():
-                probes[j] = [layer_forward(layer, hb, self.pos) for hb in stream]
-            mids = [hb + self._attention(layer, hb) for hb in dense]
-            ffn = _FfnStats(layer.mlp, self.dims.hidden_size, self.device)
-            acts = [ffn.forward(layer.post_attention_layernorm(mb)) for mb in mids]
-            if i not in skip:
-                for a in acts:
-                    ffn.add_h(a)
-                keep = torch.argsort(self._ffn_scores(ffn), descending=True)[:probe_keep]
-                w = layer.mlp.down_proj.weight[:, keep]
-                probes[i] = [mb + (a.h[:, keep] @ w.T).view_as(mb) for mb, a in zip(mids, acts)]
-            dense = [mb.add_(a.f.view_as(mb)) for mb, a in zip(mids, acts)]
-            del layer, acts, mids
-            _return_freed_memory()
-        return self._output_kl(dense, probes)
+        the cost is about L/2 dense forwards of the sequences read. The pruner runs
+        it inside :meth:`measure_dense` when that pass is needed too."""
+        return self.measure_dense(ffn_keep=0, cal_rank=0, vo_costs=False, sequences=sequences,
+                                  probe_keep=probe_keep, probe_sequences=sequences, skip=skip)[2]
 
     def _output_kl(self, dense: list[torch.Tensor], probes: dict[int, list[torch.Tensor]]) -> list[float | None]:
         """Mean KL(dense ‖ probe) of the next-token distributions, per probed layer."""

@@ -231,7 +231,9 @@ def test_calibration_layers_ranked_on_the_pruned_stream(dense_dir, tmp_path):
                        progress=False)
     rep = prune(str(dense_dir), output=tmp_path / "p", config=PruneConfig(calibration_ranking="pruned", **cfg),
                 calibration_ids=_ids(), progress=False)
-    assert "measure_s" not in rep["timings"] and "measure_s" in dense_rank["timings"]
+    assert dense_rank["dense_pass"]["ranking"] and not rep["dense_pass"]["ranking"]
+    assert rep["dense_pass"]["sensitivity"]  # the kl default still probes, on its kl-samples only
+    assert rep["dense_pass"]["sequences"] == PruneConfig(sparsity=0.3).kl_samples
     explained = {r["layer"]: r["calibration_explained"] for r in rep["layers"]}
     assert len(explained) == len(rep["layers"])  # every candidate layer fitted one
     best = sorted(sorted(explained, key=lambda i: -explained[i])[:2])
