@@ -278,23 +278,35 @@ def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, *,
     Each direction is shrunk relative to its own scale, so one massive
     activation channel (common in LLMs) does not over-damp all the others, as a
     single ``ridge · mean(diag G)`` would. A floor of ``1e-10 · mean(diag G)``
-    keeps directions that never occur solvable. Solved by Cholesky. With
-    ``consume`` (float64 inputs the caller no longer needs) ``gram`` and ``rhs``
-    are damped in place instead of copied: the refit's Grams are the pruner's
-    largest temporaries.
+    keeps directions that never occur solvable. Solved by Cholesky.
+
+    With ``consume`` (float64 inputs the caller no longer needs; the refit's
+    Grams are the pruner's largest temporaries) everything happens in the
+    caller's tensors: ``gram`` is damped and factorized in place, ``rhs``
+    becomes the solution. A Gram that Cholesky rejects then raises
+    ``torch.linalg.LinAlgError`` (its factorization has overwritten it; under
+    Jacobi damping only a non-finite or undamped Gram can fail), and the
+    caller rebuilds it and solves again without ``consume``, which falls back
+    to LU.
     """
     g = gram.double()
     diag = g.diagonal()
     damp = ridge * diag + 1e-10 * diag.mean().clamp_min(1e-30)
-    if consume and g is gram:
+    in_place = consume and g is gram and rhs.dtype == torch.float64
+    if in_place:
         a = g
         a.diagonal().add_(damp)
     else:
         a = g + torch.diag(damp)
     rhs = rhs.double()  # the caller's own tensor when it is float64 already
     if prior is not None:
-        term = prior.double() * damp[:, None]
-        rhs = rhs.add_(term) if consume else rhs + term
+        rhs = rhs.addcmul_(prior, damp[:, None]) if in_place else rhs + prior.double() * damp[:, None]
+    if in_place:
+        info = torch.zeros((), dtype=torch.int32, device=a.device)
+        torch.linalg.cholesky_ex(a, out=(a, info))
+        if int(info) != 0:
+            raise torch.linalg.LinAlgError(f"ridge_solve: the damped Gram is not positive definite (minor {int(info)})")
+        return torch.cholesky_solve(rhs, a, out=rhs)
     factor, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(rhs, factor)

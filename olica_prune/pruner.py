@@ -467,6 +467,11 @@ class _Run:
             n += x.shape[0]
         return cov / n
 
+    @staticmethod
+    def _ffn_input(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """The FFN's input tokens ``[T, d]`` for a stream batch after attention."""
+        return layer.post_attention_layernorm(h).reshape(-1, h.shape[-1])
+
     def _attention(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         out, _ = layer.self_attn(layer.input_layernorm(h), position_embeddings=self.pos, attention_mask=None)
         return out
@@ -587,10 +592,12 @@ class _Run:
                 n += p.shape[0]
         return [kl[i] / n if i in kl else None for i in range(self.dims.num_layers)]
 
-    def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool) -> torch.Tensor:
+    def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool,
+                            outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Token-weighted second moment of each head's attention output (o_proj's
         input), ``[h, e, e]``: what the value directions actually carry after the
-        softmax has mixed them."""
+        softmax has mixed them. The dense attention's outputs of the first
+        ``REPORT_BATCHES`` batches are appended to ``outputs`` when given."""
         h, e = self.dims.num_heads, self.dims.head_dim
         acc = torch.zeros(h, e, e, dtype=torch.float64, device=self.device)
         weights: list[torch.Tensor] = []
@@ -605,7 +612,9 @@ class _Run:
             for hb in hidden:
                 w = _token_weights(hb)
                 weights.append(w if weighted else torch.ones_like(w))
-                self._attention(layer, hb)
+                out = self._attention(layer, hb)
+                if outputs is not None and len(outputs) < REPORT_BATCHES:
+                    outputs.append(out)
         finally:
             hook.remove()
         return acc / sum(w.numel() for w in weights)
@@ -719,8 +728,10 @@ class _Run:
         wv = attn.v_proj.weight.view(g, e, d)
         wo = attn.o_proj.weight.view(d, h, e)
         bv = attn.v_proj.bias.view(g, e) if attn.v_proj.bias is not None else None
+        dense_out: list[torch.Tensor] = []  # the dense attention's output on the first batches, if computed
         if cfg.method == "olica":
-            ctx_cov = self._context_covariance(layer, hidden, weighted=weighted) if cfg.vo_stats == "context" else None
+            ctx_cov = self._context_covariance(layer, hidden, weighted=weighted,
+                                               outputs=dense_out) if cfg.vo_stats == "context" else None
             bases = self._vo_bases(layer, chol, cfg.ond, ctx_cov)
         else:
             # E[ctx²] per head and value dim: [h, e]
@@ -753,7 +764,7 @@ class _Run:
         for b, hb in enumerate(hidden):
             out = self._attention(pruned_attn_layer, hb)
             if b < REPORT_BATCHES:
-                ref = self._attention(layer, hb)
+                ref = dense_out[b] if b < len(dense_out) else self._attention(layer, hb)
                 w = _token_weights(hb)
                 attn_err += float((out - ref).double().pow(2).sum(-1).flatten() @ w)
                 attn_ref += float(ref.double().pow(2).sum(-1).flatten() @ w)
@@ -780,6 +791,9 @@ class _Run:
         # cached h[:, keep]: refit, residual and output read them; nothing needs the rest.
         for a in acts:
             a.h = a.h[:, keep]
+            # the FFN input is recomputed from the stream where a branch reads it: cheap, and
+            # not holding it for every token lowers the pass's peak (tokens x hidden_size floats)
+            a.x = None
         state["mlp.gate_proj.weight"] = mlp.gate_proj.weight[keep]
         state["mlp.up_proj.weight"] = mlp.up_proj.weight[keep]
         state["mlp.down_proj.weight"] = mlp.down_proj.weight[:, keep]
@@ -788,7 +802,7 @@ class _Run:
         cal = None
         if spec.calibration_rank:
             for hb, a in zip(mid, acts):
-                ffn.add_residual_kept(a, state["mlp.down_proj.weight"],
+                ffn.add_residual_kept(self._ffn_input(layer, hb), a, state["mlp.down_proj.weight"],
                                       weights=_token_weights(hb) if weighted else None)
             cal = ffn.fit(spec.calibration_rank, cfg.ridge)
             if branch_aside:  # fitted and reported, but the stream (and this layer's output) goes on without it
@@ -803,7 +817,7 @@ class _Run:
         for b, (hb, a) in enumerate(zip(mid, acts)):
             out = pruned.mlp.down_proj(a.h)  # = pruned.mlp(x) without recomputing gate/up
             if pruned.mlp.calibration is not None:
-                out = out + pruned.mlp.calibration(a.x)
+                out = out + pruned.mlp.calibration(self._ffn_input(layer, hb))
             out = out.view_as(hb)
             if b < REPORT_BATCHES:
                 ref = a.f.view_as(hb)
@@ -833,19 +847,25 @@ class _Run:
     def _refit_down(self, layer: nn.Module, mid: list[torch.Tensor], acts: list[_FfnActs], keep: torch.Tensor, *,
                     weighted: bool) -> torch.Tensor:
         """Least-squares ``down_proj`` over the kept neurons: min E‖W' h_keep − f(x)‖² (ridge-damped)."""
-        mlp = layer.mlp
         k = keep.numel()
-        gram = torch.zeros(k, k, dtype=torch.float64, device=self.device)
-        cross = torch.zeros(k, self.dims.hidden_size, dtype=torch.float64, device=self.device)
-        for hb, a in zip(mid, acts):
-            hk = a.h  # the kept neurons' activations
-            hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
-            gram.add_(hw.T @ hk)  # float32 products, accumulated in float64 (no float64 copy)
-            cross.add_(hw.T @ a.f)
+
+        def statistics() -> tuple[torch.Tensor, torch.Tensor]:
+            gram = torch.zeros(k, k, dtype=torch.float64, device=self.device)
+            cross = torch.zeros(k, self.dims.hidden_size, dtype=torch.float64, device=self.device)
+            for hb, a in zip(mid, acts):
+                hk = a.h  # the kept neurons' activations
+                hw = hk * _token_weights(hb).to(hk.dtype)[:, None] if weighted else hk
+                gram.add_(hw.T @ hk)  # float32 products, accumulated in float64 (no float64 copy)
+                cross.add_(hw.T @ a.f)
+            return gram, cross
+
         # Shrunk towards the original kept columns, not towards zero: with little
         # data (or a large ridge) the refit stays the plain pruned FFN.
-        prior = mlp.down_proj.weight[:, keep].T
-        return ridge_solve(gram, cross, self.cfg.refit_ridge, prior=prior, consume=True).T  # [d, k]
+        prior = layer.mlp.down_proj.weight[:, keep].T
+        try:  # solved inside its own statistics: no second k x k matrix
+            return ridge_solve(*statistics(), self.cfg.refit_ridge, prior=prior, consume=True).T  # [d, k]
+        except torch.linalg.LinAlgError:  # Cholesky rejected it and consumed it: rebuild, solve by LU
+            return ridge_solve(*statistics(), self.cfg.refit_ridge, prior=prior).T
 
     def _vo_scores(self, wv_j, wo_group, x_sq, ctx_sq_group):
         """Baseline score of each value dim of one KV head: [e]."""
@@ -866,9 +886,10 @@ def _token_weights(h: torch.Tensor) -> torch.Tensor:
 class _FfnActs:
     """One batch through a dense FFN, flattened to tokens: input ``x`` [T, d],
     intermediate ``h = act(gate x) * up x`` [T, m], output ``f = down h`` [T, d].
-    Once the prune pass has chosen its neurons, ``h`` holds the kept ones only."""
+    Once the prune pass has chosen its neurons, ``h`` holds the kept ones only
+    and ``x`` is dropped (None)."""
 
-    x: torch.Tensor
+    x: torch.Tensor | None
     h: torch.Tensor
     f: torch.Tensor
 
@@ -910,9 +931,11 @@ class _FfnStats:
         dropped[keep] = False
         self._add_residual(a.x, (h[:, dropped] @ w[:, dropped].T).double(), weights)  # the dropped neurons' output
 
-    def add_residual_kept(self, a: _FfnActs, down: torch.Tensor, *, weights: torch.Tensor | None = None) -> None:
-        """The same for ``f̂ = down · h_kept`` where ``a.h`` holds only the kept neurons."""
-        self._add_residual(a.x, (a.f - a.h @ down.to(a.h.dtype).T).double(), weights)
+    def add_residual_kept(self, x: torch.Tensor, a: _FfnActs, down: torch.Tensor, *,
+                          weights: torch.Tensor | None = None) -> None:
+        """The same for ``f̂ = down · h_kept`` where ``a.h`` holds only the kept neurons
+        (and ``a.x`` may be gone: ``x`` is the FFN input)."""
+        self._add_residual(x, (a.f - a.h @ down.to(a.h.dtype).T).double(), weights)
 
     def _add_residual(self, x: torch.Tensor, resid: torch.Tensor, weights: torch.Tensor | None) -> None:
         if weights is not None:

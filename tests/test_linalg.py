@@ -267,3 +267,27 @@ def test_ridge_scale_is_per_direction_with_an_outlier_channel():
     w_old = torch.linalg.solve(gram + lam * torch.eye(k, dtype=torch.float64), cross).T
     rel_old = float(torch.linalg.norm(w_old[:, 1:] - w_true[:, 1:]) / torch.linalg.norm(w_true[:, 1:]))
     assert rel_old > 0.5  # 0.98: the quiet directions were shrunk to almost nothing
+
+
+def test_ridge_solve_in_place_matches_the_copying_solve():
+    """consume=True factorizes and solves inside the caller's float64 tensors and
+    gives the same solution as the copying path, prior included."""
+    x, _ = _cov(40, n=300, seed=3)
+    gram, rhs = x.T @ x, x.T @ torch.randn(300, 7, dtype=torch.float64)
+    prior = torch.randn(40, 7)
+    want = ridge_solve(gram, rhs, 0.1, prior=prior)
+    g, r = gram.clone(), rhs.clone()
+    got = ridge_solve(g, r, 0.1, prior=prior, consume=True)
+    assert got.data_ptr() == r.data_ptr()  # no new [k, d] solution, no second k x k factor
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_ridge_solve_in_place_refuses_what_cholesky_rejects():
+    """An indefinite Gram: the copying solve falls back to LU; the in-place one has
+    overwritten its Gram and says so (the caller rebuilds and solves by copy)."""
+    gram = torch.diag(torch.tensor([1.0, -4.0, 2.0], dtype=torch.float64))
+    rhs = torch.ones(3, 2, dtype=torch.float64)
+    sol = ridge_solve(gram, rhs, 0.0)
+    torch.testing.assert_close(gram @ sol, rhs, rtol=1e-6, atol=1e-6)  # LU: exact up to the 1e-10 floor
+    with pytest.raises(torch.linalg.LinAlgError):
+        ridge_solve(gram.clone(), rhs.clone(), 0.0, consume=True)

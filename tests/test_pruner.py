@@ -285,3 +285,26 @@ def test_ranking_pass_reads_a_share_of_the_calibration(tmp_path, monkeypatch, al
           config=PruneConfig(sparsity=0.2, allocation=allocation, ranking_samples=ranking_samples, batch_size=8))
     assert seen == [want]
     assert embedded == [want or 40, 40]  # the ranking pass, then the prune pass over everything
+
+
+def test_refit_recovers_when_the_in_place_solve_is_refused(dense_dir, tmp_path, monkeypatch):
+    """If Cholesky rejects the refit's Gram in place (it is then overwritten), the refit
+    rebuilds its statistics and solves again: the same checkpoint as without the refusal."""
+    import olica_prune.pruner as pruner_mod
+
+    cfg = PruneConfig(sparsity=0.3, align=8, v_align=4, calibration_layers=1, allocation="uniform")
+    want = prune(str(dense_dir), output=tmp_path / "a", config=cfg, calibration_ids=_ids(), progress=False)
+    solve, refused = pruner_mod.ridge_solve, []
+
+    def refuse_in_place(gram, rhs, ridge, *, prior=None, consume=False):
+        if consume:
+            gram.fill_(float("nan"))  # what a failed in-place factorization leaves behind
+            refused.append(1)
+            raise torch.linalg.LinAlgError("refused")
+        return solve(gram, rhs, ridge, prior=prior)
+
+    monkeypatch.setattr(pruner_mod, "ridge_solve", refuse_in_place)
+    got = prune(str(dense_dir), output=tmp_path / "b", config=cfg, calibration_ids=_ids(), progress=False)
+    assert refused  # the refit went through the retry
+    for g, w in zip(got["layers"], want["layers"]):
+        assert g["ffn_rel_error"] == pytest.approx(w["ffn_rel_error"], abs=1e-6)
