@@ -306,15 +306,16 @@ def _ppl(x: float) -> str:
     return f"{x:.2f}" if x < 1e4 else f"{x:.2e}"
 
 
-def markdown(results: dict, seq_len: int = 128) -> str:
+def markdown(results: dict, seq_len: int | None = None) -> str:
     """One row per (sparsity, method): PPL per report domain, their geometric
-    mean, the extra (non-report) columns, top-1 agreement with dense."""
+    mean, the extra (non-report) columns, top-1 agreement with dense; at
+    ``seq_len`` (default: the shortest chunk length measured)."""
     d = results.get("dense")
     if d is None:
         return "(no results yet)"
     report = list(results["report_domains"])
     extra = [k for k in d["ppl"] if k not in report]
-    n = str(seq_len)
+    n = str(seq_len or min(int(k) for k in d["ppl"][report[0]]))
     head = ("| sparsity | method | " + " | ".join(report) + f" | **geomean** | " + " | ".join(extra)
             + " | top-1 agreement |")
     lines = [head, "|" + "---|" * (4 + len(report) + len(extra))]
