@@ -43,6 +43,7 @@ class SourceWeights:
                 raise BadWeightsError(f"{f} is truncated or corrupt ({str(exc).splitlines()[0]}); "
                                       "download or copy it again") from None
         self._open = {}
+        self._finite: set[str] = set()  # tensors already checked for NaN/Inf (the pruner reads a layer twice)
 
     def check_complete(self, names, *, what: str = "the source model") -> None:
         """Refuse before any work: a tensor the pruner will need is missing, or is
@@ -77,9 +78,11 @@ class SourceWeights:
         except Exception as exc:  # the file changed or broke since it was opened
             raise BadWeightsError(f"cannot read tensor {name} from {f} ({str(exc).splitlines()[0]}); "
                                   "the file is truncated or corrupt") from None
-        if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise BadWeightsError(f"tensor {name} holds {bad} NaN/Inf values; the source checkpoint is corrupt")
+        if name not in self._finite:
+            if not torch.isfinite(t).all():
+                bad = int((~torch.isfinite(t)).sum())
+                raise BadWeightsError(f"tensor {name} holds {bad} NaN/Inf values; the source checkpoint is corrupt")
+            self._finite.add(name)
         return t
 
     def source_dtype(self) -> torch.dtype:

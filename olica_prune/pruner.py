@@ -569,14 +569,17 @@ class _Run:
                                   probe_keep=probe_keep, probe_sequences=sequences, skip=skip)[2]
 
     def _output_kl(self, dense: list[torch.Tensor], probes: dict[int, list[torch.Tensor]]) -> list[float | None]:
-        """Mean KL(dense ‖ probe) of the next-token distributions, per probed layer."""
+        """Mean KL(dense ‖ probe) of the next-token distributions, per probed layer.
+
+        With logits ``z = W x`` (dense) and ``z' = W x'`` (probe) and ``p = softmax(z)``:
+        ``KL = Σ p z − lse(z) − (Σ_v p_v W_v) · x' + lse(z')``. The first two terms
+        and ``p̄ = pᵀW`` are computed once per dense block, so a probe costs its
+        logits GEMM and one logsumexp instead of a log-softmax and three
+        vocab-wide elementwise passes. Per-token sums are taken in float64."""
         head_name = "model.embed_tokens.weight" if self.dims.tie_word_embeddings else "lm_head.weight"
         head = self.weights.get(head_name).to(self.device, torch.float32)
         norm = LlamaRMSNorm(self.dims.hidden_size, eps=self.config.rms_norm_eps).to(self.device)
         norm.weight.copy_(self.weights.get("model.norm.weight"))
-
-        def logp(x: torch.Tensor) -> torch.Tensor:
-            return torch.log_softmax(norm(x) @ head.T, dim=-1)
 
         kl = {i: 0.0 for i in probes}
         n = 0
@@ -584,12 +587,17 @@ class _Run:
         for b, hb in enumerate(dense):
             flat = hb.reshape(-1, hb.shape[-1])
             for start in range(0, flat.shape[0], rows):
-                p = logp(flat[start:start + rows])
-                pe = p.exp()
+                z = norm(flat[start:start + rows]) @ head.T
+                lse = torch.logsumexp(z, dim=-1)
+                p = torch.exp(z - lse[:, None])
+                neg_entropy = (p * z).sum(-1).double() - lse.double()  # Σ p log p
+                p_bar = (p @ head).double()  # [rows, d]
+                del z, p
                 for i, stream in probes.items():
-                    q = logp(stream[b].reshape(-1, hb.shape[-1])[start:start + rows])
-                    kl[i] += float((pe * (p - q)).sum())
-                n += p.shape[0]
+                    xq = norm(stream[b].reshape(-1, hb.shape[-1])[start:start + rows])
+                    lse_q = torch.logsumexp(xq @ head.T, dim=-1).double()
+                    kl[i] += float((neg_entropy - (p_bar * xq.double()).sum(-1) + lse_q).sum())
+                n += lse.shape[0]
         return [kl[i] / n if i in kl else None for i in range(self.dims.num_layers)]
 
     def _context_covariance(self, layer: nn.Module, hidden: list[torch.Tensor], *, weighted: bool,
