@@ -910,9 +910,9 @@ class _FfnStats:
         m = mlp.gate_proj.out_features
         self.h_sq = torch.zeros(m, dtype=torch.float64, device=device)
         self.x_sq = torch.zeros(d, dtype=torch.float64, device=device)
-        self.xtx = torch.zeros(d, d, dtype=torch.float64, device=device)
-        self.xte = torch.zeros(d, d, dtype=torch.float64, device=device)
-        self.ete = torch.zeros(d, dtype=torch.float64, device=device)
+        # the residual statistics of a calibration branch: allocated by the first
+        # residual batch (most layers fit no branch; two d x d float64 matrices)
+        self.xtx = self.xte = self.ete = None
         self.n = 0
 
     def forward(self, x: torch.Tensor) -> _FfnActs:
@@ -949,6 +949,11 @@ class _FfnStats:
         if weights is not None:
             root = weights.sqrt()[:, None]
             x, resid = x * root.to(x.dtype), resid * root
+        if self.xtx is None:
+            d = x.shape[1]
+            self.xtx = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+            self.xte = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+            self.ete = torch.zeros(d, dtype=torch.float64, device=x.device)
         # float32 products per batch, accumulated in float64
         self.xtx += (x.T @ x).double()
         self.xte += (x.T @ resid.to(x.dtype)).double()
@@ -956,7 +961,7 @@ class _FfnStats:
 
     def fit(self, rank: int, ridge: float):
         cal = fit_calibration(self.xtx, self.xte, self.ete, rank, ridge=ridge)
-        self.xtx.zero_(), self.xte.zero_(), self.ete.zero_()
+        self.xtx = self.xte = self.ete = None
         return cal
 
 
