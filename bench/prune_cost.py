@@ -173,6 +173,11 @@ def main(argv=None) -> int:
                    "allocation": pr["allocation"],
                    # the one dense pass: kl sensitivity probes and the ranking of branch layers
                    "dense_pass_s": round(pr["timings"].get("dense_pass_s", 0.0), 2),
+                   # of it, the kl allocation's probes (their layer forwards and the output KL)
+                   "sensitivity_probes_s": round(pr["timings"].get("sensitivity_probes_s", 0.0), 2),
+                   # the passes without the probes: what the "adaptive pass apart" counts
+                   "forward_passes_without_probes": round(
+                       (pr["seconds"] - pr["timings"].get("sensitivity_probes_s", 0.0)) / fwd["seconds"], 2),
                    "dense_pass": pr["dense_pass"],
                    "prune_pass_s": round(pr["timings"]["prune_s"], 2),
                    "achieved": pr["achieved"], "peak_anon_gib": round(pr["peak_anon_gib"], 3),

@@ -292,6 +292,8 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
             vo_costs=config.allocation == "adaptive", sequences=sequences, probe_keep=probe_keep,
             probe_sequences=config.kl_samples, skip=set(spare_layers))
         timings["dense_pass_s"] = time.perf_counter() - t
+        if need_sensitivity:
+            timings["sensitivity_probes_s"] = run.probe_seconds  # included in dense_pass_s
         dense_pass = {"sensitivity": need_sensitivity, "ranking": bool(cal_layers_n and not rank_on_pruned),
                       "costs": config.allocation == "adaptive",
                       "sequences": int(calibration_ids[:sequences].shape[0])}
@@ -504,12 +506,15 @@ class _Run:
             left -= takes[-1]
         probes: dict[int, list[torch.Tensor]] = {}
         costs, predict = [], []
+        self.probe_seconds = 0.0  # the share of this pass the sensitivity probes take (reported apart)
         bar = "measuring (dense pass" + (", sensitivity)" if probe_keep is not None else ")")
         for i in self._bar(bar):
             layer = self._layer(i)
             # A probed stream starts at its own layer and runs through the dense layers after it.
+            t = time.perf_counter()
             for j, stream in probes.items():
                 probes[j] = [layer_forward(layer, hb, self.pos) for hb in stream]
+            self.probe_seconds += time.perf_counter() - t
             if vo_costs:
                 chol = damped_cholesky(self._attn_stats(layer, hidden, weighted=True))
                 ctx_cov = self._context_covariance(layer, hidden, weighted=True)
@@ -525,6 +530,7 @@ class _Run:
                 ffn.add_h(a, weights=_token_weights(h))
             energy = ffn.contribution_scores() ** 2
             if probe_keep is not None and i not in skip:
+                t = time.perf_counter()
                 # the probe: only this layer's FFN cut to its best probe_keep neurons, scored as
                 # the prune pass scores them (unweighted statistics of the probed sequences), no refit
                 probe_stats = _FfnStats(layer.mlp, d, self.device)
@@ -535,6 +541,7 @@ class _Run:
                 w = layer.mlp.down_proj.weight[:, keep]
                 probes[i] = [mb[:n] + (a.h[:n * seq_len, keep] @ w.T).view_as(mb[:n])
                              for mb, a, n in zip(mid, acts, takes) if n]
+                self.probe_seconds += time.perf_counter() - t
             gain = 0.0
             if cal_rank:
                 keep = torch.argsort(energy, descending=True)[:ffn_keep].sort().values
@@ -550,7 +557,9 @@ class _Run:
             _return_freed_memory()
         kl = None
         if probe_keep is not None:
+            t = time.perf_counter()
             kl = self._output_kl([hb[:n] for hb, n in zip(hidden, takes) if n], probes)
+            self.probe_seconds += time.perf_counter() - t
         return costs, predict, kl
 
     def measure_sensitivity(self, *, probe_keep: int, sequences: int, skip: set[int] = frozenset()

@@ -141,6 +141,7 @@ def test_kl_prune_end_to_end(src, tmp_path):
     order = sorted(range(4), key=lambda i: kl[i])
     assert widths[order[-1]] >= widths[order[0]]  # the most sensitive layer keeps at least as much
     assert report["timings"]["dense_pass_s"] > 0 and report["dense_pass"]["sensitivity"]
+    assert 0 < report["timings"]["sensitivity_probes_s"] < report["timings"]["dense_pass_s"]
     cfg = json.loads((out / "config.json").read_text())
     assert [s.intermediate_size for s in OlicaSpec.from_config(cfg).layers] == widths
 
