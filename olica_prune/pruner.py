@@ -482,7 +482,8 @@ class _Run:
     @torch.no_grad()
     def measure_dense(self, *, ffn_keep: int, cal_rank: int, vo_costs: bool = True,
                       sequences: int | None = None, probe_keep: int | None = None, probe_sequences: int = 0,
-                      skip: set[int] = frozenset()) -> tuple[list[LayerCosts], list[float], list[float | None] | None]:
+                      skip: set[int] = frozenset()
+                      ) -> tuple[list[LayerCosts], list[float], list[float | None] | None]:
         """The one dense pass: unit energies and FFN-residual predictability of every
         dense layer over the first ``sequences`` calibration sequences (all when None)
         and, with ``probe_keep``, each layer's sensitivity on the first
