@@ -526,7 +526,7 @@ class _Run:
                 slot_energy = torch.zeros(self.dims.head_dim, dtype=torch.float64)
             mid = [h.add_(self._attention(layer, h)) for h in hidden]  # in place: nothing reads hidden again
             ffn = _FfnStats(layer.mlp, d, self.device)
-            acts = [ffn.forward(layer.post_attention_layernorm(h)) for h in mid]  # each computed once
+            acts = [ffn.forward(self._ffn_input(layer, h)) for h in mid]  # each computed once
             for h, a in zip(mid, acts):
                 ffn.add_h(a, weights=_token_weights(h))
             energy = ffn.contribution_scores() ** 2
@@ -801,7 +801,7 @@ class _Run:
         mlp = layer.mlp
         ffn = _FfnStats(mlp, d, self.device)
         # gate/up/down of the dense FFN, once per batch: scores, refit, residual and report all use them
-        acts = [ffn.forward(layer.post_attention_layernorm(hb)) for hb in mid]
+        acts = [ffn.forward(self._ffn_input(layer, hb)) for hb in mid]
         for hb, a in zip(mid, acts):
             ffn.add_h(a, weights=_token_weights(hb) if weighted else None)
         keep = torch.argsort(self._ffn_scores(ffn), descending=True)[: spec.intermediate_size].sort().values
