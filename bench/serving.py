@@ -128,16 +128,23 @@ def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[dict
 
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> dict:
     """K+V cache bytes per token, summed over layers: as allocated (V padded to
-    the head size) and as the pruned V widths would need."""
+    the head size), as the pruned V widths would need, and what vLLM's KV cache
+    manager would allocate if every layer declared its own V head size (a
+    "diffkv" attention backend): it unifies the layers' page sizes by padding
+    every page to the largest one (``unify_kv_cache_spec_page_size``), so each
+    layer costs as much as the widest V."""
     dims = ModelDims.from_config(config)
     g, e, L = dims.num_kv_heads, dims.head_dim, dims.num_layers
     allocated = L * 2 * g * e * dtype_bytes
     if "olica" in config:
         spec = OlicaSpec.from_config(config)
-        needed = sum(g * (e + layer.v_head_dim) for layer in spec.layers) * dtype_bytes
+        widths = [layer.v_head_dim for layer in spec.layers]
     else:
-        needed = allocated
-    return {"allocated": allocated, "needed_with_pruned_v": needed, "possible_saving": 1 - needed / allocated}
+        widths = [e] * L
+    needed = sum(g * (e + w) for w in widths) * dtype_bytes
+    unified = L * g * (e + max(widths)) * dtype_bytes
+    return {"allocated": allocated, "needed_with_pruned_v": needed, "possible_saving": 1 - needed / allocated,
+            "vllm_with_own_v_head_size": unified, "vllm_saving": 1 - unified / allocated}
 
 
 def summarize(runs: list[dict], kinds: list[str]) -> dict:

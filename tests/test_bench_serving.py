@@ -38,6 +38,27 @@ def test_kv_bytes_count_the_padding_and_what_pruned_v_would_need():
     assert olica["allocated"] == 2 * 2 * 2 * 32 * 2
     assert olica["needed_with_pruned_v"] == 2 * (2 * 32 + 16 + 32) * 2
     assert olica["possible_saving"] == pytest.approx(1 - 112 / 128)
+    # vLLM pads every layer's page to the widest layer (V 32 here): no saving
+    assert olica["vllm_with_own_v_head_size"] == olica["allocated"] and olica["vllm_saving"] == 0
+    narrow = serving.kv_bytes_per_token(_olica_config([16, 24]), 2)
+    assert narrow["vllm_with_own_v_head_size"] == 2 * 2 * (32 + 24) * 2
+
+
+@pytest.mark.parametrize("v_dims", [[16, 32], [16, 24], [24, 24, 8]])
+def test_kv_bytes_with_own_v_head_size_follow_vllms_page_unification(v_dims):
+    """The "vllm_with_own_v_head_size" arithmetic against vLLM's own KV cache
+    manager: per-layer specs with the pruned V widths, unified by vLLM."""
+    import torch
+    from vllm.v1.core.kv_cache_utils import unify_kv_cache_spec_page_size
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    cfg = _olica_config(v_dims)
+    specs = {f"layer.{i}": FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=32, head_size_v=v,
+                                             dtype=torch.bfloat16)
+             for i, v in enumerate(v_dims)}
+    unified = unify_kv_cache_spec_page_size(specs)
+    per_token = sum(s.page_size_bytes / s.block_size for s in unified.values())
+    assert serving.kv_bytes_per_token(cfg, 2)["vllm_with_own_v_head_size"] == per_token
 
 
 def _run(kind, rnd, tok_s, tpot):
