@@ -81,7 +81,10 @@ def _prune_parser(sub) -> None:
                    help="calibration text: self (default: sampled from the model itself, no data needed), pydoc, "
                         "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca; join sources with '+' "
                         "to share the windows (e.g. self+pydoc)")
-    p.add_argument("--num-samples", type=int, default=128)
+    p.add_argument("--num-samples", type=int, default=128,
+                   help="calibration sequences (default 128). More carry over better to other text "
+                        "but the prune time grows with them: 512 cut SmolLM2's held-out perplexity "
+                        "3.6%% at 20%% for 2.6x the prune time (README, quality)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
