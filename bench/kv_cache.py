@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit_hash  # noqa: E402
-from serving import kv_bytes_per_token  # noqa: E402
+from serving import kv_bytes_per_token, v_head_dims  # noqa: E402
 
-from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
+from olica_prune.contract import ModelDims  # noqa: E402
 
 
 def vllm_unified_bytes(config: dict, dtype_bytes: int) -> float:
@@ -44,11 +44,9 @@ def vllm_unified_bytes(config: dict, dtype_bytes: int) -> float:
 
     dtype = {2: torch.bfloat16, 4: torch.float32}[dtype_bytes]
     dims = ModelDims.from_config(config)
-    widths = ([layer.v_head_dim for layer in OlicaSpec.from_config(config).layers] if "olica" in config
-              else [dims.head_dim] * dims.num_layers)
     specs = {f"layers.{i}": FullAttentionSpec(block_size=16, num_kv_heads=dims.num_kv_heads,
                                               head_size=dims.head_dim, head_size_v=w, dtype=dtype)
-             for i, w in enumerate(widths)}
+             for i, w in enumerate(v_head_dims(config))}
     return sum(s.page_size_bytes / s.block_size for s in unify_kv_cache_spec_page_size(specs).values())
 
 
@@ -69,7 +67,7 @@ def main(argv=None) -> int:
         row["vllm_unify_check"] = vllm_unified_bytes(config, args.dtype_bytes)
         row["agrees_with_vllm"] = row["vllm_unify_check"] == row["vllm_with_own_v_head_size"]
         if "olica" in config:
-            widths = [layer.v_head_dim for layer in OlicaSpec.from_config(config).layers]
+            widths = v_head_dims(config)
             row["v_head_dim_min_max"] = [min(widths), max(widths)]
         rows[path.name] = row
         print(f"{path.name:16s} allocated {row['allocated']:>7,} B/token  pruned V needs "

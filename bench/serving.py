@@ -126,6 +126,14 @@ def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[dict
 # --------------------------------------------------------------------------- summary, KV arithmetic, plot
 
 
+def v_head_dims(config: dict) -> list[int]:
+    """Each layer's V width per KV head: the Olica spec's, or the head size when dense."""
+    if "olica" in config:
+        return [layer.v_head_dim for layer in OlicaSpec.from_config(config).layers]
+    dims = ModelDims.from_config(config)
+    return [dims.head_dim] * dims.num_layers
+
+
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> dict:
     """K+V cache bytes per token, summed over layers: as allocated (V padded to
     the head size), as the pruned V widths would need, and what vLLM's KV cache
@@ -136,11 +144,7 @@ def kv_bytes_per_token(config: dict, dtype_bytes: int) -> dict:
     dims = ModelDims.from_config(config)
     g, e, L = dims.num_kv_heads, dims.head_dim, dims.num_layers
     allocated = L * 2 * g * e * dtype_bytes
-    if "olica" in config:
-        spec = OlicaSpec.from_config(config)
-        widths = [layer.v_head_dim for layer in spec.layers]
-    else:
-        widths = [e] * L
+    widths = v_head_dims(config)
     needed = sum(g * (e + w) for w in widths) * dtype_bytes
     unified = L * g * (e + max(widths)) * dtype_bytes
     return {"allocated": allocated, "needed_with_pruned_v": needed, "possible_saving": 1 - needed / allocated,

@@ -14,6 +14,9 @@ sys.path.insert(0, str(BENCH))
 _spec = importlib.util.spec_from_file_location("bench_serving", BENCH / "serving.py")
 serving = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(serving)
+_spec = importlib.util.spec_from_file_location("bench_kv_cache", BENCH / "kv_cache.py")
+kv_cache = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kv_cache)
 
 from olica_prune.contract import LayerSpec, OlicaSpec  # noqa: E402
 from olica_prune.testing import tiny_config  # noqa: E402
@@ -47,18 +50,11 @@ def test_kv_bytes_count_the_padding_and_what_pruned_v_would_need():
 @pytest.mark.parametrize("v_dims", [[16, 32], [16, 24], [24, 24, 8]])
 def test_kv_bytes_with_own_v_head_size_follow_vllms_page_unification(v_dims):
     """The "vllm_with_own_v_head_size" arithmetic against vLLM's own KV cache
-    manager: per-layer specs with the pruned V widths, unified by vLLM."""
-    import torch
-    from vllm.v1.core.kv_cache_utils import unify_kv_cache_spec_page_size
-    from vllm.v1.kv_cache_interface import FullAttentionSpec
-
+    manager (bench/kv_cache.py: per-layer specs with the pruned V widths,
+    unified by vLLM's unify_kv_cache_spec_page_size)."""
     cfg = _olica_config(v_dims)
-    specs = {f"layer.{i}": FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=32, head_size_v=v,
-                                             dtype=torch.bfloat16)
-             for i, v in enumerate(v_dims)}
-    unified = unify_kv_cache_spec_page_size(specs)
-    per_token = sum(s.page_size_bytes / s.block_size for s in unified.values())
-    assert serving.kv_bytes_per_token(cfg, 2)["vllm_with_own_v_head_size"] == per_token
+    assert kv_cache.vllm_unified_bytes(cfg, 2) == 2 * len(v_dims) * (32 + max(v_dims)) * 2
+    assert serving.kv_bytes_per_token(cfg, 2)["vllm_with_own_v_head_size"] == kv_cache.vllm_unified_bytes(cfg, 2)
 
 
 def _run(kind, rnd, tok_s, tpot):
