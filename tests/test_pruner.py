@@ -308,36 +308,3 @@ def test_refit_recovers_when_the_in_place_solve_is_refused(dense_dir, tmp_path, 
     assert refused  # the refit went through the retry
     for g, w in zip(got["layers"], want["layers"]):
         assert g["ffn_rel_error"] == pytest.approx(w["ffn_rel_error"], abs=1e-6)
-
-
-class _MallInfo2(__import__("ctypes").Structure):
-    _fields_ = [(n, __import__("ctypes").c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def test_large_blocks_come_from_the_heap_while_pruning_and_the_setting_is_restored():
-    """glibc maps blocks above its threshold afresh on every allocation; while a CPU prune
-    runs they come from the heap (reused, no new page faults), and afterwards, even after
-    an error, glibc maps them again. CUDA prunes leave the host allocator alone."""
-    import ctypes
-
-    from olica_prune.pruner import _heap_allocations
-
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _MallInfo2
-    big = 16 * 2**20  # 64 MB of float32, above glibc's largest mmap threshold (32 MB)
-
-    def mapped_after_allocating() -> bool:
-        t = torch.empty(big)
-        mapped = libc.mallinfo2().hblkhd >= 4 * big
-        del t
-        return mapped
-
-    assert mapped_after_allocating()
-    with pytest.raises(RuntimeError, match="inside"):
-        with _heap_allocations(torch.device("cpu")):
-            assert not mapped_after_allocating()
-            raise RuntimeError("inside")
-    assert mapped_after_allocating()
-    with _heap_allocations(torch.device("cuda")):
-        assert mapped_after_allocating()
