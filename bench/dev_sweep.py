@@ -116,7 +116,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.2])
-    ap.add_argument("--calibration", default="pydoc", help="comma-separated calibration sources (pydoc, self, FILE)")
+    ap.add_argument("--calibration", default=PruneConfig(sparsity=0.2).dataset,
+                    help="calibration sources, each pruned and scored on its own, separated by commas "
+                         "(self,pydoc = two runs). Within one entry '+' mixes sources into one "
+                         "calibration set, as `olica prune --calibration self+FILE` does. "
+                         "Default: the pruner's default source")
     ap.add_argument("--self-ids", default=None, help="a .pt file of self-sampled calibration ids to use for 'self'")
     ap.add_argument("--variants", default="all")
     ap.add_argument("--num-samples", type=int, default=128, help="calibration windows of 128 tokens")
