@@ -51,6 +51,7 @@ METHODS = {
     "olica-norefit": dict(method="olica", refit_down=False),
     "olica-adaptive": dict(method="olica", allocation="adaptive"),
     "olica-uniform": dict(method="olica", allocation="uniform"),  # every pruned layer loses the same FFN fraction
+    "olica-kl-a3": dict(method="olica", allocation="kl", kl_alpha=3.0),  # the steeper allocation Qwen prefers on dev
     "olica": dict(method="olica"),
 }
 ABLATION = {
