@@ -39,7 +39,10 @@ def main() -> int:
     ids = self_calibration(src, tok, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
                            device=args.device, progress=True, use_cache=False)
     print(f"sampled {tuple(ids.shape)} in {time.perf_counter() - t:.1f} s", flush=True)
-    torch.save(ids, args.out)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(ids, tmp)  # then renamed: an interrupted save leaves no half-written --out
+    tmp.replace(out)
     return 0
 
 
