@@ -124,6 +124,7 @@ class PruneConfig:
     align: int = 32
     v_align: int = 8
     dataset: str = "self"  # calibration text: sampled from the model itself (chosen on the dev domains)
+    sampler: str = "auto"  # engine that samples "self" text: vllm | transformers | auto (vllm when installed)
     num_samples: int = 128
     seq_len: int = 128
     seed: int = 0
@@ -141,6 +142,8 @@ class PruneConfig:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise PruneError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.sampler not in ("auto", "vllm", "transformers"):
+            raise PruneError(f"unknown sampler {self.sampler!r}; choose auto, vllm or transformers")
         if self.method != "olica":
             # Baselines: the same units, scored their way, nothing else.
             self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0
@@ -244,7 +247,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         tokenizer = AutoTokenizer.from_pretrained(str(src))
         calibration_ids = calibration_mix(src, tokenizer, config.dataset, num_samples=config.num_samples,
                                           seq_len=config.seq_len, seed=config.seed, device=device,
-                                          progress=progress)
+                                          progress=progress, sampler=config.sampler)
     cal_rank = config.calibration_rank or config.align
     align = Alignment(ffn=config.align, v=config.v_align, rank=config.align)
     run = _Run(weights=weights, config=hf_config, dims=dims, qkv_bias=adapter.qkv_bias, device=device,
@@ -364,7 +367,8 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
 
 
 def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: int, seed: int, device,
-                    progress: bool = True, self_ids: torch.Tensor | None = None) -> torch.Tensor:
+                    progress: bool = True, self_ids: torch.Tensor | None = None,
+                    sampler: str = "auto") -> torch.Tensor:
     """Calibration windows from ``dataset``: one source, or several joined by
     ``+`` (e.g. ``self+pydoc``), which share the windows evenly (the first
     takes the remainder). ``self`` samples text from the model itself, or takes
@@ -387,7 +391,7 @@ def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: 
             from .selfcal import self_calibration
 
             out.append(self_calibration(src, tokenizer, num_samples=n, seq_len=seq_len, seed=seed, device=device,
-                                        progress=progress))
+                                        progress=progress, engine=sampler))
         else:
             out.append(calibration_batches(tokenizer, part, num_samples=n, seq_len=seq_len, seed=seed))
     return torch.cat(out)

@@ -27,7 +27,8 @@ def dense_dir(tmp_path_factory):
 def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["prune", str(dense_dir), "--sparsity", "0.1", "--output", str(out), "--align", "8",
-                 "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet"])
+                 "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet",
+                 "--sampler", "transformers"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "sparsity" in printed and f"wrote {out}" in printed
@@ -42,7 +43,8 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     # The same prune written in small shards holds the same tensors.
     small = tmp_path / "small-shards"
     assert main(["prune", str(dense_dir), "--sparsity", "0.1", "--output", str(small), "--align", "8",
-                 "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--max-shard-gb", "0.005"]) == 0
+                 "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--max-shard-gb", "0.005",
+                 "--sampler", "transformers"]) == 0
     shards = sorted(small.glob("*.safetensors"))
     assert len(shards) > 1 and (small / "model.safetensors.index.json").is_file()
     whole, split = _tensors(out), _tensors(small)
