@@ -1,6 +1,7 @@
 """``olica`` command line: a thin layer over the library.
 
     olica prune MODEL --sparsity 0.2 --output DIR [--method olica|magnitude|wanda-sp] ...
+    olica recover PRUNED --output DIR [--reference DENSE]   fit small parameters end to end to the dense model
     olica eval ppl MODEL [--text pydoc|FILE|wikitext2] [--seq-len 128] [--reference MODEL]
     olica demo            prune the bundled model, serve it with vLLM, ask it a question
     olica sweep MODEL --sparsities 0.1,0.2,0.3,0.5   quality vs vLLM speed per sparsity: sweep.json + sweep.png
@@ -98,6 +99,73 @@ def _prune_parser(sub) -> None:
     p.add_argument("--max-shard-gb", type=float, default=2.0,
                    help="output shard size in GB (default 2); each tensor is written as soon as it is pruned")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--recover", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the prune, fit a few of the pruned model's parameters end to end to the dense "
+                        "model's next-token distribution on self-sampled text (olica recover --help); "
+                        "--no-recover: the paper's retraining-free method alone")
+    _recover_options(p)
+
+
+def _recover_options(p) -> None:
+    from .recover import PARAM_SETS, RecoverConfig
+
+    d = RecoverConfig()
+    g = p.add_argument_group("recovery")
+    g.add_argument("--recover-params", default=d.params,
+                   help=f"parameter sets fitted, joined by '+': {', '.join(PARAM_SETS)} (default {d.params})")
+    g.add_argument("--recover-lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    g.add_argument("--recover-samples", type=int, default=d.num_samples,
+                   help=f"self-sampled sequences of --seq-len tokens; the last {d.heldout} are held out to "
+                        f"pick the best step and stop early (default {d.num_samples})")
+    g.add_argument("--recover-epochs", type=float, default=d.epochs,
+                   help=f"passes over the training sequences (default {d.epochs})")
+    g.add_argument("--recover-batch-size", type=int, default=d.batch_size)
+
+
+def _recover_config(args):
+    from .recover import RecoverConfig
+
+    return RecoverConfig(params=args.recover_params, lr=args.recover_lr, num_samples=args.recover_samples,
+                         epochs=args.recover_epochs, batch_size=args.recover_batch_size, seq_len=args.seq_len,
+                         dataset=args.dataset, sampler=args.sampler, seed=args.seed, device=args.device)
+
+
+def _recover_parser(sub) -> None:
+    p = sub.add_parser("recover", help="fit an Olica checkpoint's small parameters to its dense model",
+                       description="Fit a few parameters of an Olica checkpoint end to end so that its next-token "
+                                   "distribution matches the dense model's (KL), on text the dense model samples "
+                                   "itself; keeps the best step on a held-out slice and writes an ordinary Olica "
+                                   "checkpoint (the un-recovered weights if no step beats them).")
+    p.add_argument("pruned", help="an Olica checkpoint directory")
+    p.add_argument("--reference", default=None,
+                   help="its dense model (dir, .gguf, alias); default: the source named in its olica_report.json")
+    p.add_argument("--output", "-o", required=True, help="output directory (may be PRUNED itself with --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--calibration", dest="dataset", default="self", help="as olica prune --calibration")
+    p.add_argument("--sampler", default="auto", choices=["auto", "vllm", "transformers"])
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _recover_options(p)
+
+
+def _run_recover(args) -> int:
+    from .recover import recover
+
+    section = recover(args.pruned, output=args.output, reference=args.reference, config=_recover_config(args),
+                      overwrite=args.overwrite, progress=not args.quiet)
+    print(recovery_line(section))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def recovery_line(section) -> str:
+    kl = section["heldout_kl"]
+    state = "recovered" if section["applied"] else "not applied (no gain on the held-out slice)"
+    return (f"{state}: held-out KL to dense {kl['before']:.4f} -> {kl['after']:.4f} nats/token; "
+            f"{section['trained_parameters']:,} parameters fitted on {section['tokens']['seen']:,} tokens "
+            f"in {section['timings']['total_s']:.0f} s")
 
 
 def _run_prune(args) -> int:
@@ -118,9 +186,12 @@ def _run_prune(args) -> int:
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, max_shard_gb=args.max_shard_gb,
     )
+    recover_config = _recover_config(args) if args.recover else None  # bad settings fail before the prune
     report = prune(args.model, output=args.output, config=config, overwrite=args.overwrite,
-                   progress=not args.quiet)
+                   progress=not args.quiet, recover=recover_config)
     print(summary_line(report))
+    if "recovery" in report:
+        print(recovery_line(report["recovery"]))
     print(f"wrote {args.output}")
     return 0
 
@@ -150,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: tool(rest))
     parser = argparse.ArgumentParser(prog="olica", description="Olica: prune LLaMA-family LLMs without retraining "
                                                                "and serve them with vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,demo,sweep,quantize,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,recover,eval,demo,sweep,quantize,fetch-texts,lm-eval-tasks,lm-eval,fix-vllm}")
     _prune_parser(sub)
+    _recover_parser(sub)
     sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
                                 "(olica eval behaviour --help)")
     sub.add_parser("fetch-texts", help="download the evaluation text suite (python -m olica_prune.suite --help)")
@@ -167,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "prune":
         return _guard(lambda: _run_prune(args))
+    if args.command == "recover":
+        return _guard(lambda: _run_recover(args))
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -179,12 +253,13 @@ def _guard(fn) -> int:
     from .layers import BadWeightsError
     from .preflight import OptionError
     from .pruner import PruneError
+    from .recover import RecoveryError
     from .sources import ModelSourceError
     from .writer import CheckpointWriteError, OutputExistsError
 
     expected: tuple[type[BaseException], ...] = (UnsupportedModelError, BudgetError, OlicaCheckpointError,
                                                  BadWeightsError, PruneError, ModelSourceError, OutputExistsError,
-                                                 CheckpointWriteError, OptionError)
+                                                 CheckpointWriteError, OptionError, RecoveryError)
     try:
         from .data import DataSourceError
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -196,13 +197,18 @@ class PruneConfig:
 
 def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: bool = False,
           progress: bool = True, calibration_ids: torch.Tensor | None = None,
-          layer_specs: list | None = None) -> dict[str, Any]:
+          layer_specs: list | None = None, recover=None) -> dict[str, Any]:
     """Prune ``model`` (dir, .gguf, hub id or alias) into an Olica checkpoint at ``output``.
 
     ``calibration_ids`` (``[n, seq]``) replaces the dataset named in ``config``;
-    ``layer_specs`` (one ``LayerSpec`` per layer) replaces the budget planner.
-    Returns the report also written to ``olica_report.json``.
+    ``layer_specs`` (one ``LayerSpec`` per layer) replaces the budget planner;
+    ``recover`` (a ``recover.RecoverConfig``) fits the pruned model to the dense one
+    afterwards (``recover.recover``). Returns the report also written to ``olica_report.json``.
     """
+    if recover is not None:
+        return _prune_and_recover(model, output=Path(output), config=config, overwrite=overwrite,
+                                  progress=progress, calibration_ids=calibration_ids, layer_specs=layer_specs,
+                                  recover_config=recover)
     from transformers import AutoTokenizer
 
     from .sources import resolve_model
@@ -363,6 +369,26 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
             "device": str(device),
         }
         writer.finish(config=out_config, report=report, copy_from=src)
+    return report
+
+
+def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwrite: bool, progress: bool,
+                       calibration_ids, layer_specs, recover_config) -> dict[str, Any]:
+    """Prune into a hidden sibling of ``output`` (named like a writer's partial directory, so a
+    killed run's is swept by the next), recover from it into ``output``, drop it."""
+    import shutil
+
+    from .recover import recover
+
+    check_output_path(output, overwrite=overwrite)
+    stage = output.resolve().parent / f".{output.name}.partial-{os.getpid()}-unrecovered"
+    try:
+        report = prune(model, output=stage, config=config, overwrite=True, progress=progress,
+                       calibration_ids=calibration_ids, layer_specs=layer_specs)
+        report["recovery"] = recover(stage, output=output, reference=model, config=recover_config,
+                                     overwrite=overwrite, progress=progress)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

@@ -1,0 +1,314 @@
+"""Recovery: fit a few of a pruned model's parameters end to end to the dense model.
+
+The retraining-free prune fits every layer on its own; the errors that are left
+compound from layer to layer. Recovery fits a chosen set of the pruned model's
+parameters (by default small ones: the norms and the linear calibration
+branches, see ``PARAM_SETS``) so that the pruned model's next-token distribution
+matches the dense model's, minimising KL(dense || pruned) on text the dense
+model sampled itself (``self``) or on the user's calibration text. No data is
+needed and the output is an ordinary Olica checkpoint: same tensors, same
+shapes, nothing added at serving time.
+
+Overfitting is guarded by construction: the last ``heldout`` sequences are never
+trained on; the weights are evaluated on them every ``eval_every`` steps, the
+best step's weights are kept, training stops after ``patience`` evaluations
+without a gain, and if no step beats the un-recovered weights on them, those
+are written unchanged (and the report says so).
+
+Memory stays bounded like the pruner's: the teacher's logits exist for one batch
+at a time, never for the whole calibration set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# name -> the parameter-name fragments a set trains ("" matches every parameter)
+PARAM_SETS: dict[str, tuple[str, ...]] = {
+    "norms": ("layernorm.weight", "model.norm.weight"),
+    "calibration": (".mlp.calibration.",),
+    "down": (".mlp.down_proj.",),
+    "o": (".self_attn.o_proj.",),
+    "ffn": (".mlp.",),
+    "attn": (".self_attn.",),
+    "all": ("",),
+}
+FROZEN = ("embed_tokens", "lm_head")  # the vocabulary matrices stay the dense model's
+
+
+class RecoveryError(ValueError):
+    """A bad recovery setting or input (one line, exit code 2 at the command line)."""
+
+
+@dataclasses.dataclass
+class RecoverConfig:
+    """What to fit and how long. Defaults: chosen on the dev domains (README)."""
+
+    params: str = "norms+calibration+down+o"  # '+'-joined names of PARAM_SETS
+    lr: float = 1e-4
+    num_samples: int = 1024  # calibration sequences (the last `heldout` of them held out)
+    seq_len: int = 128
+    heldout: int = 32
+    batch_size: int = 8
+    epochs: float = 1.0  # passes over the training sequences (fractions allowed)
+    eval_every: int = 16  # optimizer steps between held-out evaluations
+    patience: int = 4  # evaluations without a gain before stopping
+    warmup: float = 0.05  # fraction of steps with a rising learning rate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dataset: str = "self"  # calibration text: as the pruner's --calibration
+    sampler: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.param_names() if p not in PARAM_SETS]
+        if unknown or not self.param_names():
+            raise RecoveryError(f"unknown recovery parameter set {self.params!r}; join names of "
+                                f"{', '.join(PARAM_SETS)} with '+'")
+        if not 0 < self.lr < 1:
+            raise RecoveryError(f"recovery learning rate must be in (0, 1), got {self.lr}")
+        if self.heldout < 1 or self.num_samples < self.heldout + self.batch_size:
+            raise RecoveryError(f"recovery needs at least heldout + batch_size = {self.heldout + self.batch_size} "
+                                f"sequences, got --recover-samples {self.num_samples}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise RecoveryError("recovery epochs, batch size, eval interval and patience must be positive")
+
+    def param_names(self) -> list[str]:
+        return [p for p in self.params.split("+") if p]
+
+
+def select_parameters(model: torch.nn.Module, params: str) -> list[str]:
+    """Freeze every parameter but those of the named sets; returns the names of the trained ones."""
+    fragments = [f for name in params.split("+") if name for f in PARAM_SETS[name]]
+    trained = []
+    for name, p in model.named_parameters():
+        on = any(f in name for f in fragments) and not any(f in name for f in FROZEN)
+        p.requires_grad_(on)
+        if on:
+            trained.append(name)
+    return trained
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher || student) of the next-token distributions, in nats."""
+    s = F.log_softmax(student_logits.float().flatten(0, -2), dim=-1)
+    t = F.log_softmax(teacher_logits.float().flatten(0, -2), dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+@torch.no_grad()
+def mean_kl(student, teacher, ids: torch.LongTensor, *, batch_size: int) -> float:
+    """KL(teacher || student) per token over ``ids`` ``[n, seq]``."""
+    was_training = student.training
+    student.eval()
+    total, count = 0.0, 0
+    device = next(student.parameters()).device
+    for s in range(0, ids.shape[0], batch_size):
+        batch = ids[s:s + batch_size].to(device)
+        kl = kl_to_teacher(student(input_ids=batch).logits, teacher(input_ids=batch).logits)
+        total += kl.item() * batch.numel()
+        count += batch.numel()
+    student.train(was_training)
+    return total / count
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    progress = (step - w) / max(1, total - w)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclasses.dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor] | None  # None: no step beat the starting weights
+    history: list[dict[str, float]]
+    heldout_before: float
+    heldout_best: float
+    best_step: int
+    steps_run: int
+    seconds: float
+
+
+def fit(student, teacher, train: torch.LongTensor, heldout: torch.LongTensor, cfg: RecoverConfig, *,
+        trained: list[str], progress: bool = True) -> FitResult:
+    """Minimise KL(teacher || student) over ``train``, keeping the weights best on ``heldout``."""
+    t0 = time.perf_counter()
+    device = next(student.parameters()).device
+    named = dict(student.named_parameters())
+    params = [named[n] for n in trained]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, int(cfg.epochs * train.shape[0]) // cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.cat([torch.randperm(train.shape[0], generator=gen) for _ in range(math.ceil(cfg.epochs))])
+    before = best = mean_kl(student, teacher, heldout, batch_size=cfg.batch_size)
+    history = [{"step": 0, "heldout_kl": before}]
+    best_state, best_step, stale, running = None, 0, 0, None
+    bar = tqdm(total=steps, desc="recovering", unit="step", disable=not progress)
+    student.train()
+    step = 0
+    for step in range(1, steps + 1):
+        batch = train[order[(step - 1) * cfg.batch_size: step * cfg.batch_size]].to(device)
+        with torch.no_grad():
+            target = teacher(input_ids=batch).logits
+        with torch.enable_grad():  # the CLI turns gradients off for the whole run
+            loss = kl_to_teacher(student(input_ids=batch).logits, target)
+            del target
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step - 1, steps, cfg.warmup)
+        opt.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        bar.update(1)
+        bar.set_postfix(kl=f"{running:.4f}", heldout=f"{best:.4f}")
+        if step % cfg.eval_every and step != steps:
+            continue
+        kl = mean_kl(student, teacher, heldout, batch_size=cfg.batch_size)
+        history.append({"step": step, "train_kl_running": running, "heldout_kl": kl})
+        if not math.isfinite(kl) or kl >= best:
+            stale += 1
+            if stale >= cfg.patience or not math.isfinite(kl):
+                break
+            continue
+        best, best_step, stale = kl, step, 0
+        best_state = {n: named[n].detach().clone() for n in trained}
+    bar.close()
+    return FitResult(best_state=best_state, history=history, heldout_before=before, heldout_best=best,
+                     best_step=best_step, steps_run=step, seconds=time.perf_counter() - t0)
+
+
+def _checkpoint_tensors(path: Path):
+    """(name, tensor) of every tensor of a checkpoint directory, shard by shard."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for name in sf.keys():
+                yield name, sf.get_tensor(name)
+
+
+def _calibration(reference: Path, cfg: RecoverConfig, *, device, progress: bool) -> torch.LongTensor:
+    from transformers import AutoTokenizer
+
+    from .pruner import calibration_mix
+
+    tokenizer = AutoTokenizer.from_pretrained(str(reference))
+    return calibration_mix(reference, tokenizer, cfg.dataset, num_samples=cfg.num_samples, seq_len=cfg.seq_len,
+                           seed=cfg.seed, device=device, progress=progress, sampler=cfg.sampler)
+
+
+def _reference_of(pruned: Path, reference: str | None) -> str:
+    if reference:
+        return reference
+    from .pruner import load_report
+
+    source = load_report(pruned).get("source") if (pruned / "olica_report.json").is_file() else None
+    if not source:
+        raise RecoveryError(f"{pruned} does not name its dense model; pass --reference DENSE")
+    return source
+
+
+def recover(pruned: str | Path, *, output: str | Path, reference: str | None = None,
+            config: RecoverConfig | None = None, overwrite: bool = False, progress: bool = True,
+            calibration_ids: torch.LongTensor | None = None) -> dict[str, Any]:
+    """Recover the Olica checkpoint ``pruned`` against the dense ``reference`` into ``output``.
+
+    ``calibration_ids`` (``[n, seq]``) replaces the sampled text; its last ``heldout`` rows are held
+    out. Returns the ``recovery`` section added to ``olica_report.json``.
+    """
+    from . import preflight
+    from .modeling import OlicaForCausalLM, is_olica_checkpoint, load_causal_lm
+    from .sources import resolve_model
+    from .writer import check_output_path
+
+    cfg = config or RecoverConfig()
+    pruned, output = Path(pruned), Path(output)
+    if not is_olica_checkpoint(pruned):
+        raise RecoveryError(f"{pruned} is not an Olica checkpoint (no config.json naming OlicaForCausalLM)")
+    same = output.exists() and output.resolve() == pruned.resolve()
+    if not same:
+        check_output_path(output, overwrite=overwrite)
+    device = preflight.parse_device(cfg.device)
+    ref_dir = resolve_model(_reference_of(pruned, reference))
+    t0 = time.perf_counter()
+    ids = calibration_ids if calibration_ids is not None else _calibration(ref_dir, cfg, device=device,
+                                                                          progress=progress)
+    if ids.shape[0] < cfg.heldout + cfg.batch_size:
+        raise RecoveryError(f"recovery needs at least {cfg.heldout + cfg.batch_size} sequences, got {ids.shape[0]}")
+    sample_s = time.perf_counter() - t0
+    train, heldout = ids[:-cfg.heldout], ids[-cfg.heldout:]
+    torch.manual_seed(cfg.seed)
+    teacher = load_causal_lm(ref_dir, dtype=torch.float32, device=str(device))
+    teacher.requires_grad_(False)
+    student = OlicaForCausalLM.from_pretrained(str(pruned), dtype=torch.float32).to(device)
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise RecoveryError(f"{ref_dir} has a vocabulary of {teacher.config.vocab_size}, the pruned model "
+                            f"{student.config.vocab_size}: not its dense model")
+    trained = select_parameters(student, cfg.params)
+    if not trained:
+        raise RecoveryError(f"the parameter set {cfg.params!r} matches no parameter of {pruned}")
+    calib_slice = train[:cfg.heldout]
+    calib_before = mean_kl(student, teacher, calib_slice, batch_size=cfg.batch_size)
+    result = fit(student, teacher, train, heldout, cfg, trained=trained, progress=progress)
+    kept = result.best_state is not None
+    if kept:
+        named = dict(student.named_parameters())
+        with torch.no_grad():
+            for name, value in result.best_state.items():
+                named[name].copy_(value)
+    else:
+        print("olica: recovery did not lower the held-out KL; the un-recovered weights are written unchanged",
+              file=sys.stderr)
+    calib_after = mean_kl(student, teacher, calib_slice, batch_size=cfg.batch_size) if kept else calib_before
+    section = {
+        "applied": kept,
+        "config": dataclasses.asdict(cfg),
+        "reference": str(ref_dir),
+        "trained_parameters": sum(dict(student.named_parameters())[n].numel() for n in trained),
+        "trained_tensors": len(trained),
+        "tokens": {"train": int(train.numel()), "heldout": int(heldout.numel()),
+                   "seen": int(result.steps_run * cfg.batch_size * ids.shape[1])},
+        "heldout_kl": {"before": result.heldout_before, "after": result.heldout_best if kept else
+                       result.heldout_before},
+        "calibration_kl": {"before": calib_before, "after": calib_after},
+        "best_step": result.best_step, "steps": result.steps_run, "history": result.history,
+        "timings": {"sampling_s": round(sample_s, 1), "fit_s": round(result.seconds, 1),
+                    "total_s": round(time.perf_counter() - t0, 1)},
+    }
+    _write(pruned, output, student if kept else None, trained, section, overwrite=overwrite or same)
+    return section
+
+
+def _write(pruned: Path, output: Path, student, trained: list[str], section: dict, *, overwrite: bool) -> None:
+    """The pruned checkpoint with the fitted tensors replaced (in their stored dtype); every other
+    tensor, the config and the tokenizer byte for byte."""
+    import json
+
+    from .pruner import load_report
+    from .writer import CheckpointWriter
+
+    fitted = dict(student.named_parameters()) if student is not None else {}
+    config = json.loads((pruned / "config.json").read_text())
+    report = load_report(pruned) if (pruned / "olica_report.json").is_file() else {}
+    report["recovery"] = section
+    shard_bytes = max((f.stat().st_size for f in pruned.glob("*.safetensors")), default=2 << 30)
+    with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=shard_bytes + (1 << 20)) as writer:
+        for name, tensor in _checkpoint_tensors(pruned):
+            if name in fitted and name in trained:
+                tensor = fitted[name].detach().to(tensor.dtype)
+            writer.add(name, tensor)
+        writer.finish(config=config, report=report, copy_from=pruned)  # tokenizer, generation config
