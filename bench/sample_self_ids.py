@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from olica_prune.selfcal import self_calibration  # noqa: E402
+from olica_prune.selfcal import choose_engine, self_calibration  # noqa: E402
 from olica_prune.sources import resolve_model  # noqa: E402
 
 
@@ -29,7 +29,9 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (sampled in bfloat16 there)")
+    ap.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--json", default=None, help="also record the timing (with the commit) in this JSON file")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -37,8 +39,19 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(str(src))
     t = time.perf_counter()
     ids = self_calibration(src, tok, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
-                           device=args.device, progress=True, use_cache=False)
-    print(f"sampled {tuple(ids.shape)} in {time.perf_counter() - t:.1f} s", flush=True)
+                           device=args.device, progress=True, use_cache=False, engine=args.engine)
+    seconds = time.perf_counter() - t
+    print(f"sampled {tuple(ids.shape)} in {seconds:.1f} s", flush=True)
+    if args.json:
+        import json
+        import os
+
+        from bench.common import commit_hash
+
+        record = {"commit": commit_hash(), "model": args.model, "engine": choose_engine(args.engine),
+                  "device": args.device, "shape": list(ids.shape), "seconds": round(seconds, 1),
+                  "tokens_per_s": round(ids.numel() / seconds, 1), "cpu_count": os.cpu_count()}
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     torch.save(ids, tmp)  # then renamed: an interrupted save leaves no half-written --out
