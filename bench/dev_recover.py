@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict | None] = {
     "ffn": dict(params="norms+ffn", lr=1e-4),
     "all": dict(params="all", lr=5e-5),
     "all-lr2e-5": dict(params="all", lr=2e-5),
+    "all-1024": dict(params="all", lr=5e-5, num_samples=1024),
 }
 
 
@@ -94,11 +95,12 @@ def main(argv=None) -> int:
             path = pruned
             if VARIANTS[name] is not None:
                 path = work / f"{pruned.name}-{name}"
-                cfg = RecoverConfig(**VARIANTS[name], epochs=args.epochs, num_samples=args.recover_samples)
+                cfg = RecoverConfig(**{"epochs": args.epochs, "num_samples": args.recover_samples, **VARIANTS[name]})
                 t = time.perf_counter()
                 section = recover(pruned, output=path, reference=str(src), config=cfg, overwrite=True,
-                                  calibration_ids=ids[:args.recover_samples], progress=False)
-                row.update(recover_s=round(time.perf_counter() - t, 1), config=VARIANTS[name], epochs=args.epochs,
+                                  calibration_ids=ids[:cfg.num_samples], progress=False)
+                row.update(recover_s=round(time.perf_counter() - t, 1), config=VARIANTS[name], epochs=cfg.epochs,
+                           recover_samples=cfg.num_samples,
                            applied=section["applied"], heldout_kl=section["heldout_kl"],
                            best_step=section["best_step"], steps=section["steps"])
             row.update(dev_score(path, chunks, result["dense"]))

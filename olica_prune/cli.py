@@ -100,9 +100,10 @@ def _prune_parser(sub) -> None:
                    help="output shard size in GB (default 2); each tensor is written as soon as it is pruned")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--recover", action=argparse.BooleanOptionalAction, default=False,
-                   help="after the prune, fit a few of the pruned model's parameters end to end to the dense "
-                        "model's next-token distribution on self-sampled text (olica recover --help); "
-                        "--no-recover: the paper's retraining-free method alone")
+                   help="after the prune, fit the pruned model's layer weights end to end to the dense "
+                        "model's next-token distribution on self-sampled text (olica recover --help). Off by "
+                        "default: on SmolLM2-135M at 20 %% it cut the dev perplexity ratio from 1.74 to 1.61 "
+                        "but costs ~10 min of fitting plus ~3.5 min of sampling on 2 CPU cores")
     _recover_options(p)
 
 
