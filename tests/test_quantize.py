@@ -149,8 +149,7 @@ def _teacher_forced_agreement(path: Path, ref, *, quantization: str | None = Non
 
 @pytest.fixture(scope="module")
 def bf16_reference(olica_ckpt):
-    pytest.importorskip("vllm")
-    from tests.test_vllm_model import vllm_greedy
+    from tests.test_vllm_model import vllm_greedy  # needs vLLM: fails, not skips, without it
 
     return vllm_greedy(olica_ckpt, dtype="bfloat16")
 
