@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # basis weighted by what the heads read (attention outputs) and exact OND,
         # the kept down_proj columns refitted by a ridge shrunk towards the original
         # columns (ridge 1: half way in each direction's own scale); the FFN budget
-        # spread over the layers by their measured output KL (alpha 1).
+        # spread over the layers by their measured output KL (alpha: budget.default_kl_alpha, by sparsity).
         "allocation": "kl", "qk_sparsity": "1.5s", "vo_sparsity": "s/2", "calibration": True, "refit_down": True,
         "refit_ridge": 1.0, "vo_stats": "context", "ond": "exact", "ffn_score": "paper", "spare_ends": True,
     },
