@@ -18,7 +18,7 @@ from olica_prune.cli import main
 from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--align", "8", "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet"]
+FAST = ["--align", "8", "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--sampler", "transformers"]
 
 
 @pytest.fixture(scope="module")
