@@ -83,8 +83,8 @@ def _prune_parser(sub) -> None:
                         "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca; join sources with '+' "
                         "to share the windows (e.g. self+pydoc)")
     p.add_argument("--sampler", default="auto", choices=["auto", "vllm", "transformers"],
-                   help="engine that samples the 'self' calibration text: vllm (batched; ~85 s for SmolLM2's "
-                        "128 x 128 tokens on 2 CPU cores against ~225 s), transformers, or auto (default: "
+                   help="engine that samples the 'self' calibration text: vllm (batched; 88 s for SmolLM2's "
+                        "128 x 128 tokens on 2 CPU cores against 161 s), transformers, or auto (default: "
                         "vllm when it is installed)")
     p.add_argument("--num-samples", type=int, default=128,
                    help="calibration sequences (default 128). More carry over better to other text "
