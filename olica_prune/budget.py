@@ -74,8 +74,9 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     ``sensitivity`` (``kl`` allocation): one non-negative number per layer
     (spared layers' are ignored); ``kl_alpha`` how strongly it moves the FFN
     budget between layers (this function's default is 1; the pruner passes
-    ``default_kl_alpha(sparsity)`` unless told otherwise); with ``kl_vo`` each layer's V/O fraction is scaled by
-    the same factor as its FFN fraction (otherwise V/O stays uniform).
+    ``default_kl_alpha(sparsity)`` unless told otherwise); with ``kl_vo`` each
+    layer's V/O fraction is scaled by the same factor as its FFN fraction
+    (otherwise V/O stays uniform).
     """
     d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                         dims.intermediate_size, dims.num_layers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .selfcal import ENGINES
 from .sources import DEFAULT_MODEL
 
 
@@ -82,7 +83,7 @@ def _prune_parser(sub) -> None:
                    help="calibration text: self (default: sampled from the model itself, no data needed), pydoc, "
                         "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca; join sources with '+' "
                         "to share the windows (e.g. self+pydoc)")
-    p.add_argument("--sampler", default="auto", choices=["auto", "vllm", "transformers"],
+    p.add_argument("--sampler", default="auto", choices=ENGINES,
                    help="engine that samples the 'self' calibration text: vllm (batched; 88 s for SmolLM2's "
                         "128 x 128 tokens on 2 CPU cores against 161 s), transformers, or auto (default: "
                         "vllm when it is installed)")
@@ -143,7 +144,7 @@ def _recover_parser(sub) -> None:
     p.add_argument("--output", "-o", required=True, help="output directory (may be PRUNED itself with --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--calibration", dest="dataset", default="self", help="as olica prune --calibration")
-    p.add_argument("--sampler", default="auto", choices=["auto", "vllm", "transformers"])
+    p.add_argument("--sampler", default="auto", choices=ENGINES)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -46,6 +46,7 @@ from .linalg import (
     truncate_vo,
     vo_basis,
 )
+from .selfcal import ENGINES
 from .writer import CheckpointWriter, check_output_path
 
 METHODS = ("olica", "magnitude", "wanda-sp")
@@ -143,8 +144,8 @@ class PruneConfig:
             raise PruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise PruneError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.sampler not in ("auto", "vllm", "transformers"):
-            raise PruneError(f"unknown sampler {self.sampler!r}; choose auto, vllm or transformers")
+        if self.sampler not in ENGINES:
+            raise PruneError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(ENGINES)}")
         if self.method != "olica":
             # Baselines: the same units, scored their way, nothing else.
             self.ond, self.calibration, self.qk_sparsity = "none", False, 0.0

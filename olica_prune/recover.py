@@ -268,8 +268,8 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
     calib_before = mean_kl(student, teacher, calib_slice, batch_size=cfg.batch_size)
     result = fit(student, teacher, train, heldout, cfg, trained=trained, progress=progress)
     kept = result.best_state is not None
+    named = dict(student.named_parameters())
     if kept:
-        named = dict(student.named_parameters())
         with torch.no_grad():
             for name, value in result.best_state.items():
                 named[name].copy_(value)
@@ -281,7 +281,7 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
         "applied": kept,
         "config": dataclasses.asdict(cfg),
         "reference": str(ref_dir),
-        "trained_parameters": sum(dict(student.named_parameters())[n].numel() for n in trained),
+        "trained_parameters": sum(named[n].numel() for n in trained),
         "trained_tensors": len(trained),
         "tokens": {"train": int(train.numel()), "heldout": int(heldout.numel()),
                    "seen": int(result.steps_run * cfg.batch_size * ids.shape[1])},
@@ -292,26 +292,25 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
         "timings": {"sampling_s": round(sample_s, 1), "fit_s": round(result.seconds, 1),
                     "total_s": round(time.perf_counter() - t0, 1)},
     }
-    _write(pruned, output, student if kept else None, trained, section, overwrite=overwrite or same)
+    _write(pruned, output, {n: named[n] for n in trained} if kept else {}, section, overwrite=overwrite or same)
     return section
 
 
-def _write(pruned: Path, output: Path, student, trained: list[str], section: dict, *, overwrite: bool) -> None:
-    """The pruned checkpoint with the fitted tensors replaced (in their stored dtype); every other
-    tensor, the config and the tokenizer byte for byte."""
+def _write(pruned: Path, output: Path, fitted: dict[str, torch.Tensor], section: dict, *, overwrite: bool) -> None:
+    """The pruned checkpoint with the ``fitted`` tensors replaced (in their stored dtype); every
+    other tensor, the config and the tokenizer byte for byte."""
     import json
 
     from .pruner import load_report
     from .writer import CheckpointWriter
 
-    fitted = dict(student.named_parameters()) if student is not None else {}
     config = json.loads((pruned / "config.json").read_text())
     report = load_report(pruned) if (pruned / "olica_report.json").is_file() else {}
     report["recovery"] = section
     shard_bytes = max((f.stat().st_size for f in pruned.glob("*.safetensors")), default=2 << 30)
     with CheckpointWriter(output, overwrite=overwrite, max_shard_bytes=shard_bytes + (1 << 20)) as writer:
         for name, tensor in _checkpoint_tensors(pruned):
-            if name in fitted and name in trained:
+            if name in fitted:
                 tensor = fitted[name].detach().to(tensor.dtype)
             writer.add(name, tensor)
         writer.finish(config=config, report=report, copy_from=pruned)  # tokenizer, generation config

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
-import json
-import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def sample_stream(sampler: Sampler, tokenizer, *, num_samples: int, seq_len: int
     need = num_samples * seq_len
     stream: list[int] = []
     seen: set[tuple[int, ...]] = set()
-    kept, kept_tokens = 0, 0
+    kept = 0  # samples in the stream
     bar = tqdm(total=need, desc="sampling calibration text from the model", unit="tok", disable=not progress)
     rounds = 0
     while len(stream) < need:
@@ -123,7 +123,7 @@ def sample_stream(sampler: Sampler, tokenizer, *, num_samples: int, seq_len: int
         count = batch_size
         if count is None:  # enough prompts for what is missing, with a margin, by the mean length so far
             # (before any: the length cap, which most samples reach; SmolLM2's mean is ~0.9 of it)
-            mean_len = kept_tokens / kept if kept else 2 * seq_len
+            mean_len = len(stream) / kept if kept else 2 * seq_len
             count = max(8, int(1.15 * (need - len(stream)) / max(mean_len, 8.0)) + 1)
         prompts = _prompts(tokenizer, count, rng)
         for prompt, new in zip(prompts, sampler(prompts)):
@@ -133,7 +133,7 @@ def sample_stream(sampler: Sampler, tokenizer, *, num_samples: int, seq_len: int
                 continue
             seen.add(key)
             stream.extend(seq + [tokenizer_eos])
-            kept, kept_tokens = kept + 1, kept_tokens + len(seq) + 1
+            kept += 1
         bar.update(min(need, len(stream)) - bar.n)
     bar.close()
     return torch.tensor(stream[:need], dtype=torch.long).view(num_samples, seq_len)
@@ -236,10 +236,10 @@ class SamplerError(RuntimeError):
     """The vLLM engine could not sample (the ``auto`` engine then falls back to transformers)."""
 
 
-def _root_cause(stderr: str) -> str:
-    """The most telling line of a failed child's stderr: the first error message that is not
+def _root_cause(logs: str) -> str:
+    """The most telling line of a failed child's output: the first error message that is not
     one of vLLM's pointers back to it ("See stack trace above", "Engine core ... failed")."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
     errors = [m.group(1) for m in (re.search(r"(\b\w+(?:Error|Exception): .*)", line) for line in lines) if m]
     telling = [e for e in errors if not re.search(r"stack trace|root cause|initialization failed", e, re.I)]
     return (telling or errors or lines[-1:] or ["no message"])[0][:300]
@@ -262,27 +262,32 @@ def self_calibration(model_dir: str | Path, tokenizer, *, num_samples: int = 128
     ``engine``: ``vllm``, ``transformers`` or ``auto`` (vLLM when installed). ``batch_size``
     is the transformers engine's; vLLM schedules its own batches.
     """
+    model_dir = Path(model_dir)
+    kwargs = dict(num_samples=num_samples, seq_len=seq_len, seed=seed, device=device, batch_size=batch_size,
+                  progress=progress, use_cache=use_cache)
+    chosen = choose_engine(engine)
+    try:
+        return _cached_stream(model_dir, tokenizer, chosen, **kwargs)
+    except SamplerError as exc:
+        if engine != "auto":
+            raise
+        # e.g. a head size vLLM's CPU attention does not support: the slower engine still works
+        print(f"olica: {exc}; sampling with transformers instead", file=sys.stderr)
+        return _cached_stream(model_dir, tokenizer, "transformers", **kwargs)
+
+
+def _cached_stream(model_dir: Path, tokenizer, engine: str, *, num_samples: int, seq_len: int, seed: int, device,
+                   batch_size: int, progress: bool, use_cache: bool) -> torch.LongTensor:
+    """One engine's windows, read from the cache or sampled and then cached."""
     from .sources import cache_dir
 
-    model_dir = Path(model_dir)
-    fallback = engine == "auto"
-    engine = choose_engine(engine)
     cache_file = cache_dir() / "selfcal" / f"{_cache_key(model_dir, num_samples, seq_len, seed, engine)}.pt"
     if use_cache and cache_file.is_file():
         return torch.load(cache_file)
-    ids = None
     if engine == "vllm":
-        try:
-            ids = _vllm_stream(model_dir, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed,
-                               progress=progress)
-        except SamplerError as exc:
-            if not fallback:
-                raise
-            # e.g. a head size vLLM's CPU attention does not support: the slower engine still works
-            print(f"olica: {exc}; sampling with transformers instead", file=sys.stderr)
-            engine = "transformers"
-            cache_file = cache_dir() / "selfcal" / f"{_cache_key(model_dir, num_samples, seq_len, seed, engine)}.pt"
-    if ids is None:
+        ids = _vllm_stream(model_dir, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                           progress=progress)
+    else:
         ids = _transformers_stream(model_dir, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                    device=device, batch_size=batch_size, progress=progress)
     if use_cache:
