@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
+from bench.peers import PEERS  # noqa: E402
 from olica_prune import suite  # noqa: E402
 from olica_prune.data import eval_chunks  # noqa: E402
 from olica_prune.evaluate import geometric_mean, perplexity, token_agreement  # noqa: E402
@@ -53,6 +54,9 @@ METHODS = {
     "olica-uniform": dict(method="olica", allocation="uniform"),  # every pruned layer loses the same FFN fraction
     "olica-kl-a3": dict(method="olica", allocation="kl", kl_alpha=3.0),  # the steeper allocation Qwen prefers on dev
     "olica": dict(method="olica"),
+    # Retraining-free peers (bench/peers): in-memory models, scored the same way
+    "flap": dict(method="flap"),
+    "slicegpt": dict(method="slicegpt"),
 }
 ABLATION = {
     # The defaults with one thing changed.
@@ -68,7 +72,7 @@ AGREEMENT_CHUNKS = 5  # per report domain, at the shortest seq-len
 def evaluate(path, dense_model, chunks: dict[str, dict[int, torch.Tensor]], device: str = "cpu") -> dict:
     """``chunks``: domain -> seq-len -> [n, seq] ids. PPL per domain and seq-len,
     the geometric mean over the report domains, top-1 agreement with dense."""
-    model = load_causal_lm(path, device=device)
+    model = path if isinstance(path, torch.nn.Module) else load_causal_lm(path, device=device)
     lens = sorted({n for by_len in chunks.values() for n in by_len})
     out: dict = {"ppl": {d: {str(n): perplexity(model, c, progress=False) for n, c in by_len.items()}
                          for d, by_len in chunks.items()}}
@@ -229,13 +233,19 @@ def main() -> None:
         try:
             overrides = dict(overrides)
             ids = calibration_for(overrides.pop("dataset", cal_source))
-            rep = prune(str(src), output=out, overwrite=True, calibration_ids=ids, progress=False,
-                        config=PruneConfig(sparsity=sparsity, device=args.device, **overrides))
+            if overrides["method"] in PEERS:  # FLAP / SliceGPT: an in-memory model, no checkpoint
+                model, rep = PEERS[overrides["method"]](src, sparsity=sparsity, calibration_ids=ids,
+                                                        device=args.device)
+            else:
+                rep = prune(str(src), output=out, overwrite=True, calibration_ids=ids, progress=False,
+                            config=PruneConfig(sparsity=sparsity, device=args.device, **overrides))
+                model = out
         except Exception as exc:  # a method that cannot reach a sparsity is a result, not a crash
             print(f"{name} @ {sparsity}: {type(exc).__name__}: {exc}", flush=True)
             return {"method": name, "sparsity": sparsity, "error": str(exc)}
         row = {"method": name, "sparsity": sparsity, "commit": results["commit"], "achieved": rep["sparsity"]["achieved"],
-               "prune_s": round(time.perf_counter() - t0, 1), **evaluate(out, dense, chunks, args.device)}
+               "prune_s": round(time.perf_counter() - t0, 1), **({"peer": rep["peer"]} if "peer" in rep else {}),
+               **evaluate(model, dense, chunks, args.device)}
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
         print(json.dumps(row), flush=True)
