@@ -177,6 +177,11 @@ def xf(x, nd: int = 2) -> str:
     return "—" if x is None else f"{x:.{nd}f}×"
 
 
+def xr(x) -> str:
+    """A ratio that may be huge (a collapsed model's perplexity over dense)."""
+    return "—" if x is None else (f"{x:.1e}×" if x >= 1000 else f"{x:.2f}×")
+
+
 def pct(x, nd: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{nd}f} %"
 
@@ -1821,8 +1826,9 @@ def head_quality(R: Results) -> list[str]:
                     continue
                 xs = [qppl(r, dm) / qppl(dense, dm) for dm in doms]
                 label = {"olica": "**Olica** (defaults)", "paper": "Olica paper preset"}.get(m, m)
-                rows.append([model, label, ppl(r[g]), xf(r[g] / dense[g]), xf(max(xs)), f3(r["agreement"])])
-        out = table(["model", "method (20 %)", "report geomean PPL", "× dense", "worst domain × dense", "top-1"], rows)
+                rows.append([model, label, ppl(r[g]), xr(r[g] / dense[g]), xr(max(xs)), f3(r["agreement"])])
+        out = table(["model", "method (20 %)", "report geomean PPL", "× dense", "worst domain × dense", "top-1"], rows,
+                    right={2, 3, 4, 5})
         out.append(source(("quality.json", commits_of(q, [find(q["rows"], method=m, sparsity=0.2) or {}
                                                           for m in ("olica", "paper", "wanda-sp", "magnitude")])),
                           ("quality_qwen_gpu.json", commits_of(qw, qw["rows"]))))
@@ -1837,7 +1843,8 @@ def head_serving(R: Results) -> list[str]:
         for model, d in (("SmolLM2-135M", s), ("Qwen2.5-Coder-0.5B", q)):
             for k in d["summary"]:
                 sm = d["summary"][k]["scenarios"]
-                lab = {"dense": "dense", "native": "native Llama, same size"}.get(k, f"Olica {spct(d['models'][k]['sparsity']['target'])}")
+                lab = ({"dense": "dense", "native": "native Llama, same size"}[k] if k in ("dense", "native")
+                       else f"**Olica {spct(d['models'][k]['sparsity']['target'])}**")
                 vn = d["summary"][k].get("vs_native")
                 trs.append([model, lab, f1(sm["c1"]["output_throughput"]) + ("" if k == "dense" else f" ({xf(sm['c1']['speedup_vs_dense'])})"),
                             f1(sm["c64"]["output_throughput"]) + ("" if k == "dense" else f" ({xf(sm['c64']['speedup_vs_dense'])})"),
@@ -1845,7 +1852,7 @@ def head_serving(R: Results) -> list[str]:
                                                                           f" ({xf(sm['prefill'].get('prefill_speedup_vs_dense', 0))})"),
                             f"{xf(vn['c1'])} / {xf(vn['c64'])}" if vn else "—"])
         out = table(["model", "checkpoint", "c=1 output tok/s", "c=64 output tok/s", "prefill TTFT p50",
-                     "Olica × native (c=1 / c=64)"], trs)
+                     "Olica × native (c=1 / c=64)"], trs, right={2, 3, 4, 5})
         out.append(source(("serving_kl.json", commits_of(s)), ("serving_qwen_kl.json", commits_of(q))))
         return out
 
@@ -1865,7 +1872,7 @@ def head_cost(R: Results) -> list[str]:
                             f2(m["forward_passes"]), f2(m["peak_anon_gib"]),
                             f2(m.get("cuda_peak_gib")) if "cuda_peak_gib" in m else "—"])
         out = table(["model (20 %, kl default)", "device", "prune time", "in forward passes", "host peak anon GiB",
-                     "GPU peak GiB"], trs)
+                     "GPU peak GiB"], trs, right={2, 3, 4, 5})
         out.append(source(("prune_cost.json", commits_of(c)), ("prune_cost_cuda.json", commits_of(g1)),
                           ("prune_cost_cuda_h100_kl.json", commits_of(g2))))
         return out
