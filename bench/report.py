@@ -789,8 +789,8 @@ def sec_qwen(R: Results) -> list[str]:
             (gpu, "quality_qwen_gpu.json", "olica-uniform", "Olica, uniform allocation (the earlier default)"),
             (gpu, "quality_qwen_gpu.json", "wanda-sp", "wanda-sp"),
             (g1030, "quality_qwen_gpu_10_30.json", "olica", "Olica, the defaults"),
-            (best, "quality_qwen_best_dev.json", "olica-kl-a3", "Olica, best dev settings (kl alpha 3, "
-                                                               "512 calibration sequences)"),
+            (best, "quality_qwen_best_dev.json", "olica-kl-a3", f"Olica, best dev settings (kl alpha 3, "
+                                                                f"{_num_samples(best)} calibration sequences)"),
             (tied, "quality_qwen_tied_equiv.json", "olica", "Olica, the defaults, at the tied-equivalent budget"),
             (cpu, "quality_qwen.json", "olica", "`olica` at the time (uniform allocation), CPU run"),
             (cpu, "quality_qwen.json", "wanda-sp", "wanda-sp, CPU run"),
@@ -1233,7 +1233,7 @@ def throughput(d):
     st = d["settings"]
     o = [f"`python bench/throughput.py --pruned ...`: {st['num_prompts']} prompts × {st['input_len']} in / "
          f"{st['output_len']} out, {'eager' if st['enforce_eager'] else 'default compiled'} mode, "
-         f"{st['repeats']} round.", ""]
+         f"{st['repeats']} round; the Olica checkpoint is `{d['models']['olica']['path']}`.", ""]
     trs = []
     for k, s in d["summary"].items():
         m = d["models"][k]
@@ -1325,6 +1325,14 @@ def sec_quantized(R: Results, headline: bool = False) -> list[str]:
         if q and db:
             lines.append(f"The dense bf16 perplexity ({f2(db['geomean_ppl'])}) matches the transformers fp32 "
                          f"evaluation of `quality.json` ({f2(q['dense'][f'geomean_{SEQ}'])}).")
+            qo, qu = find(q["rows"], method="olica", sparsity=0.2), find(q["rows"], method="olica-uniform", sparsity=0.2)
+            if ob and qo and qu:
+                g = f"geomean_{SEQ}"
+                near = "olica-uniform" if abs(ob["geomean_ppl"] - qu[g]) < abs(ob["geomean_ppl"] - qo[g]) else "olica"
+                lines.append(f"The Olica bf16 row ({f2(ob['geomean_ppl'])}) is closest to `quality.json`'s `{near}` "
+                             f"20 % row ({f2(qu[g] if near == 'olica-uniform' else qo[g])}; the current default: "
+                             f"{f2(qo[g])})" + (": this checkpoint predates the kl default." if near == "olica-uniform"
+                                                 else "."))
         o += [" ".join(lines), ""]
         return o
 
@@ -1391,9 +1399,11 @@ def _dev_src(R, files):
 
 
 def sec_dev(R: Results) -> list[str]:
+    doms = next((R.get(f)["dev_domains"] for f in R.glob("dev/*.json")
+                 if isinstance(R.get(f), dict) and isinstance(R.get(f).get("dev_domains"), list)), [])
     out = [
         "The defaults were chosen with `bench/dev_sweep.py` (and `bench/dev_recover.py` for recovery): each "
-        "variant is pruned and scored on the four **dev** domains only (screenplay, news, tech-manpage, code-js); "
+        f"variant is pruned and scored on the **dev** domains only ({', '.join(doms)}); "
         "the report domains are never loaded by it. The dev ratio is the geometric mean over dev domains of "
         "perplexity / dense perplexity; lower is better. Each file records its commit, device and chunks per "
         "domain (GPU runs used more chunks than CPU runs, so compare ratios within one file or one column). "
