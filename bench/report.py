@@ -631,7 +631,7 @@ def sec_behaviour(R: Results) -> list[str]:
                        f"and little of its instruction following: chat exact-match {f3(dk['chat_exact_match'])} "
                        f"dense, {f3(o['chat_exact_match'])} with the defaults; the kl allocation moved it from "
                        f"{f3(u['chat_exact_match'])} (uniform), but neither closes the gap "
-                       "([recovery](#recovery-smollm2-135m-at-20-) narrows it further).")
+                       "([recovery](#recovery--smollm2-135m-at-20-) narrows it further).")
         out.append("")
         return out
 
@@ -1047,7 +1047,7 @@ def serving_table(d, keys=None):
     dense_params = d["models"]["dense"]["params"]
     header = ["model", "params", "ideal"] + [f"c={s['concurrency']} out tok/s" for s in dec] + \
              [f"c={dec[0]['concurrency']} TPOT p50", f"c={dec[-1]['concurrency']} TPOT p50"] + \
-             ([f"prefill TTFT p50 ({pre['input_len']:,} tok)"] if pre else [])
+             ([f"prefill TTFT p50 ({pre['input_len']:,} tok)"] if pre else []) + ["server start s"]
     trs = []
     for k in keys:
         sm = d["summary"][k]["scenarios"]
@@ -1061,6 +1061,7 @@ def serving_table(d, keys=None):
             v = sm["prefill"]
             row.append(f"{v['median_ttft_ms']:,.0f} ms" + ("" if k == "dense" else
                                                           f" ({xf(v.get('prefill_speedup_vs_dense', v['speedup_vs_dense']))})"))
+        row.append(f"{d['summary'][k]['startup_s']:.0f}" if "startup_s" in d["summary"][k] else "—")
         trs.append(row)
     del scen
     return table(header, trs)
@@ -1270,9 +1271,10 @@ def sec_kv(R: Results) -> list[str]:
                  f"{'every model' if len(toks) == 1 else 'the models'} "
                  f"(`VLLM_CPU_KVCACHE_SPACE={s['environment'].get('VLLM_CPU_KVCACHE_SPACE')}`). No vLLM CPU backend "
                  "takes a V head size different from K's, so the padded path stays. On a GPU, vLLM's backends that "
-                 "do would still save nothing on these checkpoints: its KV cache manager pads every layer's page to "
-                 "the largest layer's, and the default prune keeps the first and last layers (V included) dense. A "
-                 "saving needs every layer's V narrowed to one width; that was not done.")
+                 "do (`FLASH_ATTN_DIFFKV`, `TRITON_ATTN_DIFFKV`) would still save nothing on these checkpoints: its "
+                 "KV cache manager pads every layer's page to the largest layer's (`unify_kv_cache_spec_page_size`, "
+                 "the last columns above), and the default prune keeps the first and last layers (V included) "
+                 "dense. A saving needs every layer's V narrowed to one width; that was not done.")
         o.append("")
         return o
 
@@ -1427,7 +1429,7 @@ def sec_dev(R: Results) -> list[str]:
     out += ["### Qwen: allocation and calibration", ""]
     out += block(R, ["dev/sweep11_calmix_qwen_gpu.json", "dev/sweep6_kl_qwen_gpu.json",
                      "dev/sweep13_calsize_qwen_gpu.json", "dev/sweep13b_qwen_a3_512_cpu.json"], lambda *a: dev_qwen(R))
-    out += ["### Calibration text", ""]
+    out += ["### Calibration text (dev)", ""]
     out += block(R, ["dev/sweepB.json", "dev/sweepA.json", "dev/sweep2A.json"], lambda *a: dev_caltext(R))
     out += ["### The other choices", ""]
     out += block(R, ["dev/sweepA.json", "dev/sweep2A.json", "dev/sweep2B.json", "dev/sweep3_cpu.json",
@@ -1461,7 +1463,7 @@ WHY = {
     "calibration": "linear calibration branches, a small dev win: [other choices](#the-other-choices)",
     "calibration_ranking": "[other choices](#the-other-choices)",
     "spare_ends": "[other choices](#the-other-choices)",
-    "dataset": "needs no data, wins on prose: [calibration text](#calibration-text)",
+    "dataset": "needs no data, wins on prose: [dev](#calibration-text-dev), [report](#calibration-text)",
     "num_samples": "more help but cost prune time: [calibration size](#calibration-size)",
 }
 
