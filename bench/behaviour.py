@@ -3,7 +3,7 @@
     python bench/behaviour.py dense=smollm2-135m wanda-sp=DIR olica=DIR [--enforce-eager]
 
 Each NAME=MODEL is loaded in vLLM in turn (the Olica plugin registered), scored
-on the package's hand-written sets (``olica_prune.behaviour``: 150 chat
+on the package's hand-written sets (``olica_prune.eval.behaviour``: 150 chat
 prompts with short checkable answers through the chat template, greedy; 105
 multiple-choice items by choice log-likelihood from prompt logprobs) and
 released before the next. Results (summary per model and per category, with
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import commit_hash  # noqa: E402
-from olica_prune import behaviour  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.eval import behaviour  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 
 def main(argv=None) -> int:

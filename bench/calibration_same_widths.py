@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from olica_prune.contract import LayerSpec  # noqa: E402
-from olica_prune.data import calibration_batches, eval_chunks  # noqa: E402
-from olica_prune.evaluate import perplexity  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, prune  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.io.data import calibration_batches, eval_chunks  # noqa: E402
+from olica_prune.eval.evaluate import perplexity  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.method.pruner import PruneConfig, prune  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 
 def main() -> None:

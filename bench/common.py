@@ -3,7 +3,7 @@ peak-memory sampler their measuring subprocesses start with."""
 
 from __future__ import annotations
 
-from olica_prune.provenance import commit_hash  # noqa: F401  (one lookup for bench and package)
+from olica_prune.io.provenance import commit_hash  # noqa: F401  (one lookup for bench and package)
 
 
 # Python source for a measuring subprocess: ``status(key)`` reads /proc/self/status

@@ -6,7 +6,7 @@ Prunes the model once per sparsity with the default settings (calibration: the
 first --prune-samples rows of --self-ids), then recovers that checkpoint with
 each variant (calibration: the first --recover-samples rows; the last 32 of them
 held out) and scores every checkpoint by perplexity on the dev domains
-(``olica_prune.suite.DEV_DOMAINS``), as ``bench/dev_sweep.py`` does. The report
+(``olica_prune.eval.suite.DEV_DOMAINS``), as ``bench/dev_sweep.py`` does. The report
 domains are never loaded. Rows (with the commit) go to --out after each one.
 """
 
@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import commit_hash  # noqa: E402
-from olica_prune import suite  # noqa: E402
-from olica_prune.data import eval_chunks  # noqa: E402
-from olica_prune.evaluate import geometric_mean, perplexity  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, prune  # noqa: E402
-from olica_prune.recover import RecoverConfig, recover  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
+from olica_prune.io.data import eval_chunks  # noqa: E402
+from olica_prune.eval.evaluate import geometric_mean, perplexity  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.method.pruner import PruneConfig, prune  # noqa: E402
+from olica_prune.method.recover import RecoverConfig, recover  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 # name -> RecoverConfig overrides ("none": the retraining-free prune alone)
 VARIANTS: dict[str, dict | None] = {

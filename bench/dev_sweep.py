@@ -5,7 +5,7 @@
 
 Every variant is pruned from the same calibration windows (one set per
 calibration source) and scored by perplexity on the dev domains of the
-evaluation suite (``olica_prune.suite.DEV_DOMAINS``, non-overlapping chunks);
+evaluation suite (``olica_prune.eval.suite.DEV_DOMAINS``, non-overlapping chunks);
 the summary is the geometric mean over dev domains of PPL / dense PPL. The
 report domains are never loaded here: what is chosen on this file's output is
 then measured on them by ``bench/quality.py``. Results (with the commit) go to
@@ -27,13 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from olica_prune.data import eval_chunks  # noqa: E402
-from olica_prune.evaluate import geometric_mean, perplexity  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.io.data import eval_chunks  # noqa: E402
+from olica_prune.eval.evaluate import geometric_mean, perplexity  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.method.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 from bench.common import commit_hash  # noqa: E402
-from olica_prune import suite  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
 
 # name -> PruneConfig overrides. "s" in a value means the target sparsity.
 VARIANTS: dict[str, dict] = {

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import commit_hash  # noqa: E402
 from olica_prune.contract import LayerSpec  # noqa: E402
-from olica_prune.suite import _write_atomic  # noqa: E402
+from olica_prune.eval.suite import _write_atomic  # noqa: E402
 
 MODELS = {
     "llama-gqa": dict(family="llama", hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32,
@@ -50,9 +50,9 @@ def _widths(report: dict) -> list[tuple]:
 def compare(name: str, shape: dict, devices: tuple[str, str], work: Path, *, sparsity: float) -> dict:
     import torch
 
-    from olica_prune.modeling import OlicaForCausalLM
-    from olica_prune.pruner import PruneConfig, prune
-    from olica_prune.testing import random_checkpoint, tiny_config
+    from olica_prune.model.modeling import OlicaForCausalLM
+    from olica_prune.method.pruner import PruneConfig, prune
+    from tests.tinymodels import random_checkpoint, tiny_config
 
     src = random_checkpoint(tiny_config(**shape), work / f"src-{name}", seed=1)
     ids = torch.randint(0, shape["vocab_size"], (64, 64), generator=torch.Generator().manual_seed(0))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from olica_prune import suite  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
 from throughput import (  # noqa: E402
     answer_worker,
     environment,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_len < 2:
         p.error("--output-len must be at least 2 (decode steps are measured after the first token)")
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     dense_dir = resolve_model(args.dense)
     pruned_dir = Path(args.pruned)

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from olica_prune.data import calibration_batches  # noqa: E402
-from olica_prune.linalg import ffn_magnitude_scores  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.io.data import calibration_batches  # noqa: E402
+from olica_prune.method.linalg import ffn_magnitude_scores  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
-from olica_prune.suite import _write_atomic  # noqa: E402
+from olica_prune.eval.suite import _write_atomic  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=1024, num_layers=4,
@@ -53,10 +53,10 @@ ids = torch.load({ids!r})
 """
 
 _FORWARD = _PRELUDE + """
-from olica_prune.layers import SourceWeights, load_config, read_dense_layer, rotary
-from olica_prune.adapters import adapter_for
+from olica_prune.method.layers import SourceWeights, load_config, read_dense_layer, rotary
+from olica_prune.io.adapters import adapter_for
 from olica_prune.contract import ModelDims
-from olica_prune.preflight import parse_device
+from olica_prune.io.preflight import parse_device
 src = {src!r}
 device = parse_device({device!r})
 cfg, raw = load_config(src)
@@ -85,7 +85,7 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, peak_anon_gib=peak_anon[0
 """
 
 _PRUNE = _PRELUDE + """
-from olica_prune.pruner import PruneConfig, prune
+from olica_prune.method.pruner import PruneConfig, prune
 t = time.perf_counter()
 rep = prune({src!r}, output={out!r}, overwrite=True, calibration_ids=ids, progress=True,
             config=PruneConfig(sparsity={sparsity}, device={device!r}, batch_size={batch},
@@ -118,7 +118,7 @@ def _source(kind: str, workdir: Path) -> tuple[str, Path]:
         build = f"""
 import sys, torch
 sys.path.insert(0, {str(ROOT)!r})
-from olica_prune.testing import tiny_config, random_checkpoint
+from tests.tinymodels import tiny_config, random_checkpoint
 random_checkpoint(tiny_config(**{SHAPES[kind]!r}), {str(src)!r}, overwrite=True,
                   dtype=torch.{SOURCE_DTYPE.get(kind, "float32")},
                   device="cuda" if torch.cuda.is_available() else "cpu")
@@ -130,8 +130,8 @@ random_checkpoint(tiny_config(**{SHAPES[kind]!r}), {str(src)!r}, overwrite=True,
         ids = torch.randint(0, SHAPES[kind]["vocab_size"], (128, 128), generator=torch.Generator().manual_seed(0))
         torch.save(ids, ids_file)
         return str(src), ids_file
-    from olica_prune.selfcal import self_calibration
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.selfcal import self_calibration
+    from olica_prune.io.sources import resolve_model
     from transformers import AutoTokenizer
 
     src = resolve_model(kind)

@@ -6,7 +6,7 @@
 
 For every sparsity and method: prune (same calibration windows for all, from
 the default calibration source), then perplexity on every REPORT domain of the
-evaluation suite (``olica_prune.suite.REPORT_DOMAINS``; non-overlapping
+evaluation suite (``olica_prune.eval.suite.REPORT_DOMAINS``; non-overlapping
 chunks at each --seq-len), their geometric mean, top-1 next-token agreement
 with the dense model, and pydoc's held-out split as an extra column (not in the
 mean). No setting is chosen here: defaults were chosen on the DEV domains
@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import MEMORY_SAMPLER, commit_hash  # noqa: E402
 from bench.peers import PEERS  # noqa: E402
-from olica_prune import suite  # noqa: E402
-from olica_prune.data import eval_chunks  # noqa: E402
-from olica_prune.evaluate import geometric_mean, perplexity, token_agreement  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
+from olica_prune.io.data import eval_chunks  # noqa: E402
+from olica_prune.eval.evaluate import geometric_mean, perplexity, token_agreement  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.method.pruner import PruneConfig, calibration_mix, prune  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 # name -> PruneConfig overrides
 METHODS = {
@@ -99,7 +99,7 @@ def timing_run(kind: str, workdir: Path, num_samples: int) -> dict:
         build = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from olica_prune.testing import tiny_config, random_dense_model, save_model_checkpoint
+from tests.tinymodels import tiny_config, random_dense_model, save_model_checkpoint
 shapes = dict(tiny=dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=256,
                         num_layers=4, vocab_size=256),
               # TinyLlama-1.1B's shape
@@ -114,7 +114,7 @@ save_model_checkpoint(random_dense_model(tiny_config(**shapes)), {src!r}, overwr
     code = MEMORY_SAMPLER + f"""
 import json, sys, time, torch
 sys.path.insert(0, {str(ROOT)!r})
-from olica_prune.pruner import PruneConfig, prune
+from olica_prune.method.pruner import PruneConfig, prune
 
 ids = torch.randint(0, 256, ({num_samples}, 128), generator=torch.Generator().manual_seed(0))
 before = status("VmHWM")
@@ -187,7 +187,7 @@ def main() -> None:
     calib_cache: dict[str, torch.Tensor] = {}
 
     def calibration_for(source: str) -> torch.Tensor:
-        if source.startswith("suite:"):  # a text of the suite (olica_prune.suite), e.g. the calibration candidate
+        if source.startswith("suite:"):  # a text of the suite (olica_prune.eval.suite), e.g. the calibration candidate
             source = str(suite.text_dir() / f"{source.removeprefix('suite:')}.txt")
         if source not in calib_cache:
             calib_cache[source] = calibration_mix(src, tok, source, num_samples=args.num_samples, seq_len=128,
@@ -205,7 +205,7 @@ def main() -> None:
     dense = load_causal_lm(src, device=args.device)
     results = {"model": args.model, "commit": commit_hash(), "device": args.device,
                "report_domains": list(suite.REPORT_DOMAINS),
-               "eval_text": "report domains of olica_prune.suite; pydoc held-out split as an extra column",
+               "eval_text": "report domains of olica_prune.eval.suite; pydoc held-out split as an extra column",
                "calibration": f"{cal_source}, {args.num_samples} x 128 tokens, seed {args.seed}",
                "eval_tokens": {d: {str(n): int(c.numel()) for n, c in by_len.items()} for d, by_len in chunks.items()},
                "rows": [], "ablation": []}

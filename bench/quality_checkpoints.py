@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import commit_hash  # noqa: E402
 from bench.quality import evaluate  # noqa: E402
-from olica_prune import suite  # noqa: E402
-from olica_prune.data import eval_chunks  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
+from olica_prune.io.data import eval_chunks  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 
 def _provenance(path: Path) -> dict:

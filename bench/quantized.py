@@ -48,7 +48,7 @@ def worker(spec: dict) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from olica_prune.behaviour import _sum_logprobs, load_llm, shutdown_llm
+    from olica_prune.eval.behaviour import _sum_logprobs, load_llm, shutdown_llm
 
     t0 = time.perf_counter()
     llm = load_llm(spec["model"], dtype="bfloat16", max_model_len=spec["max_model_len"],
@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from olica_prune import suite
-    from olica_prune.evaluate import geometric_mean
-    from olica_prune.quantize import quantize_checkpoint
-    from olica_prune.sources import resolve_model
-    from olica_prune.sweep import _chunks
+    from olica_prune.eval import suite
+    from olica_prune.eval.evaluate import geometric_mean
+    from olica_prune.tools.quantize import quantize_checkpoint
+    from olica_prune.io.sources import resolve_model
+    from olica_prune.eval.sweep import _chunks
 
     dense_dir, pruned_dir = resolve_model(args.dense), Path(args.pruned)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="olica-quantized-"))

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from olica_prune.selfcal import choose_engine, self_calibration  # noqa: E402
-from olica_prune.sources import resolve_model  # noqa: E402
+from olica_prune.io.selfcal import choose_engine, self_calibration  # noqa: E402
+from olica_prune.io.sources import resolve_model  # noqa: E402
 
 
 def main() -> int:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import commit_hash  # noqa: E402
 from throughput import environment, native_model_for, param_count, read_config  # noqa: E402
 
-from olica_prune import suite  # noqa: E402
+from olica_prune.eval import suite  # noqa: E402
 from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     dense_dir = resolve_model(args.dense)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="olica-serving-"))

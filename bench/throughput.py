@@ -106,7 +106,7 @@ def build_native_model(dense_dir: Path, config: dict, out: Path, *, seed: int = 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from olica_prune.writer import TOKENIZER_FILES
+    from olica_prune.io.writer import TOKENIZER_FILES
 
     torch.manual_seed(seed)
     hf_cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="keep logs, prompts and the native model here")
     args = p.parse_args(argv)
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     dense_dir = resolve_model(args.dense)
     pruned_dir = Path(args.pruned)

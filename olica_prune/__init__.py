@@ -11,18 +11,18 @@
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune": "pruner",
-    "PruneConfig": "pruner",
-    "OlicaForCausalLM": "modeling",
-    "load_causal_lm": "modeling",
+    "prune": "method.pruner",
+    "PruneConfig": "method.pruner",
+    "OlicaForCausalLM": "model.modeling",
+    "load_causal_lm": "model.modeling",
     "OlicaSpec": "contract",
     "LayerSpec": "contract",
 }
 
 
-from . import automodel as _automodel  # noqa: E402
+from .model import automodel as _automodel  # noqa: E402
 
-_automodel.install()  # AutoModelForCausalLM loads Olica checkpoints (see olica_prune.automodel)
+_automodel.install()  # AutoModelForCausalLM loads Olica checkpoints (see olica_prune.model.automodel)
 
 
 def __getattr__(name):

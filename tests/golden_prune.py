@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from olica_prune.contract import LayerSpec  # noqa: E402
-from olica_prune.pruner import PruneConfig, prune  # noqa: E402
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config  # noqa: E402
+from olica_prune.method.pruner import PruneConfig, prune  # noqa: E402
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "prune_golden.json"
 MODELS = {

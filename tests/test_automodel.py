@@ -10,8 +10,8 @@ import torch
 
 import olica_prune  # noqa: F401  (installs the AutoModel hook)
 from olica_prune.contract import LayerSpec
-from olica_prune.modeling import OlicaForCausalLM
-from olica_prune.testing import random_dense_model, random_olica_model, save_model_checkpoint, tiny_config
+from olica_prune.model.modeling import OlicaForCausalLM
+from tinymodels import random_dense_model, random_olica_model, save_model_checkpoint, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=16, intermediate_size=128, calibration_rank=0),

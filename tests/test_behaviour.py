@@ -1,4 +1,4 @@
-"""Behaviour evaluation (olica_prune.behaviour): the shipped sets, the exact-match
+"""Behaviour evaluation (olica_prune.eval.behaviour): the shipped sets, the exact-match
 rule, the multiple-choice tokenization boundary, and one end-to-end run through
 vLLM on a tiny random Olica checkpoint whose choice log-likelihoods must equal
 the transformers model's on the same tokens."""
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from olica_prune import behaviour as B
-from olica_prune.behaviour import (
+from olica_prune.eval import behaviour as B
+from olica_prune.eval.behaviour import (
     encode_pair,
     exact_match,
     load_chat_set,
@@ -25,7 +25,7 @@ from olica_prune.behaviour import (
     score_mc,
     subset,
 )
-from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
+from tinymodels import tiny_checkpoint_with_real_tokenizer
 
 # ---------------------------------------------------------------------------- data
 
@@ -301,7 +301,7 @@ def test_eval_behaviour_subcommand_is_wired(capsys):
 
 def test_behaviour_main_table_json_and_reference(monkeypatch, capsys):
     """The CLI around the engines: one engine at a time, shut down before the next, the table and JSON."""
-    import olica_prune.sources as sources
+    import olica_prune.io.sources as sources
 
     events = []
     monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)  # behaviour_main sets it; undone after the test
@@ -347,7 +347,7 @@ def test_behaviour_end_to_end_through_vllm(tmp_path):
     import vllm  # noqa: F401  (a missing vLLM fails this test, it does not skip it)
     from transformers import AutoTokenizer
 
-    from olica_prune.modeling import load_causal_lm
+    from olica_prune.model.modeling import load_causal_lm
 
     ckpt = tiny_checkpoint_with_real_tokenizer(tmp_path / "tiny")
     chat_items, mc_items = subset(load_chat_set(), 8), subset(load_mc_set(), 9)

@@ -19,7 +19,7 @@ kv_cache = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kv_cache)
 
 from olica_prune.contract import LayerSpec, OlicaSpec  # noqa: E402
-from olica_prune.testing import tiny_config  # noqa: E402
+from tinymodels import tiny_config  # noqa: E402
 
 
 def _olica_config(v_dims):

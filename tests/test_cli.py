@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from olica_prune.cli import main
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +14,8 @@ def dense_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "dense"
     save_model_checkpoint(random_dense_model(tiny_config(vocab_size=49152, hidden_size=64, intermediate_size=2048, num_layers=4, tie_word_embeddings=True), seed=3), path)
     # the calibration text is tokenized with the model's tokenizer
-    from olica_prune.sources import resolve_model
-    from olica_prune.writer import TOKENIZER_FILES
+    from olica_prune.io.sources import resolve_model
+    from olica_prune.io.writer import TOKENIZER_FILES
 
     src = resolve_model("smollm2-135m")
     for name in TOKENIZER_FILES:

@@ -12,7 +12,7 @@ from olica_prune.contract import (
     count_parameters,
     expected_tensor_shapes,
 )
-from olica_prune.testing import olica_config_dict, random_dense_model, tiny_config
+from tinymodels import olica_config_dict, random_dense_model, tiny_config
 
 SMOL = ModelDims(576, 9, 3, 64, 1536, 30, 49152, True)
 

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from olica_prune.data import (
+from olica_prune.io.data import (
     DataSourceError,
     calibration_batches,
     eval_chunks,
@@ -21,7 +21,7 @@ from olica_prune.data import (
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     return AutoTokenizer.from_pretrained(str(resolve_model("smollm2-135m")))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from olica_prune.evaluate import eval_main, perplexity, token_agreement
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from olica_prune.eval.evaluate import eval_main, perplexity, token_agreement
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 V = 50
 
@@ -83,7 +83,7 @@ def test_bad_chunks_shape(tiny):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A random tiny Llama with the SmolLM2 tokenizer (vocab 49152), saved as a HF dir."""
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     smol = resolve_model("smollm2-135m")
     cfg = tiny_config(vocab_size=49152, num_layers=2)
@@ -102,8 +102,8 @@ def test_eval_main_states_the_protocol(tiny_checkpoint, capsys):
 def test_eval_main_json_with_reference(tiny_checkpoint, capsys):
     from transformers import AutoTokenizer
 
-    from olica_prune.data import eval_chunks
-    from olica_prune.modeling import load_causal_lm
+    from olica_prune.io.data import eval_chunks
+    from olica_prune.model.modeling import load_causal_lm
 
     argv = ["ppl", str(tiny_checkpoint), "--seq-len", "16", "--max-chunks", "4", "--json",
             "--reference", str(tiny_checkpoint)]

@@ -96,7 +96,7 @@ def test_instrument_labels_modules_and_keeps_outputs():
 @pytest.mark.vllm
 def test_every_gemm_category_is_seen_in_vllm(tmp_path):
     """A tiny Olica checkpoint through the real engine: the labelled modules exist and take time."""
-    from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
+    from tinymodels import tiny_checkpoint_with_real_tokenizer
 
     ckpt = tiny_checkpoint_with_real_tokenizer(tmp_path / "ckpt")
     prompts = tmp_path / "prompts.json"

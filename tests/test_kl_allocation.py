@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from olica_prune.budget import Alignment, BudgetError, default_kl_alpha, plan_widths, spread_by_sensitivity
+from olica_prune.method.budget import Alignment, BudgetError, default_kl_alpha, plan_widths, spread_by_sensitivity
 from olica_prune.cli import main as cli_main
 from olica_prune.contract import ModelDims, OlicaSpec, count_parameters
-from olica_prune.layers import SourceWeights, load_config
-from olica_prune.linalg import ffn_magnitude_scores
-from olica_prune.pruner import PruneConfig, PruneError, _Run, prune
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from olica_prune.method.layers import SourceWeights, load_config
+from olica_prune.method.linalg import ffn_magnitude_scores
+from olica_prune.method.pruner import PruneConfig, PruneError, _Run, prune
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 SMOL = ModelDims(hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, intermediate_size=1536, num_layers=30,
                  vocab_size=49152, tie_word_embeddings=True)
@@ -175,7 +175,7 @@ def test_default_alpha_follows_sparsity():
 
 
 def test_cli_alpha_default_is_the_schedule(monkeypatch, tmp_path):
-    import olica_prune.pruner as pruner
+    import olica_prune.method.pruner as pruner
 
     seen = []
     monkeypatch.setattr(pruner, "prune", lambda model, *, config, **kw: seen.append(config) or {})

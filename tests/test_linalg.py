@@ -1,9 +1,9 @@
-"""Closed-form checks of the method's math (olica_prune.linalg)."""
+"""Closed-form checks of the method's math (olica_prune.method.linalg)."""
 
 import pytest
 import torch
 
-from olica_prune.linalg import (
+from olica_prune.method.linalg import (
     damped_cholesky,
     ffn_contribution_scores,
     fit_calibration,
@@ -80,7 +80,7 @@ def test_thin_svd_via_gram_matches_the_svd(shape):
 def test_lowrank_factorize_via_gram_equals_svd():
     """lowrank_factorize takes its SVD from the Gram matrix: product and kept
     energy equal those from torch's SVD."""
-    import olica_prune.linalg as la
+    import olica_prune.method.linalg as la
 
     x, cov = _cov(48)
     chol = damped_cholesky(cov, damp=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from olica_prune import lmeval, suite
-from olica_prune.testing import tiny_checkpoint_with_real_tokenizer
+from olica_prune.eval import lmeval, suite
+from tinymodels import tiny_checkpoint_with_real_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

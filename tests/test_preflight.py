@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from olica_prune import writer as W
+from olica_prune.io import writer as W
 from olica_prune.cli import main
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--align", "8", "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--sampler", "transformers"]
@@ -26,8 +26,8 @@ def dense_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("preflight") / "dense"
     save_model_checkpoint(random_dense_model(tiny_config(vocab_size=49152, hidden_size=64, intermediate_size=1024,
                                                          num_layers=4, tie_word_embeddings=True), seed=5), path)
-    from olica_prune.sources import resolve_model
-    from olica_prune.writer import TOKENIZER_FILES
+    from olica_prune.io.sources import resolve_model
+    from olica_prune.io.writer import TOKENIZER_FILES
 
     src = resolve_model("smollm2-135m")
     for name in TOKENIZER_FILES:
@@ -153,7 +153,7 @@ def test_killed_run_leaves_nothing_that_blocks_a_rerun(dense_dir, tmp_path, caps
     code = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
-from olica_prune.writer import CheckpointWriter
+from olica_prune.io.writer import CheckpointWriter
 w = CheckpointWriter({str(out)!r}, max_shard_bytes=1).__enter__()
 w.add("a", torch.zeros(4)); w.add("b", torch.zeros(4))  # the second add flushes a shard
 os.kill(os.getpid(), signal.SIGKILL)
@@ -233,7 +233,7 @@ def test_checkpoint_directory_honours_the_umask(tmp_path, umask, mode):
 
 
 def test_gguf_conversions_are_keyed_by_content(tmp_path, monkeypatch):
-    from olica_prune import sources
+    from olica_prune.io import sources
 
     monkeypatch.setenv("OLICA_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from olica_prune.adapters import UnsupportedModelError
-from olica_prune.budget import Alignment, BudgetError, LayerCosts, plan_widths
+from olica_prune.io.adapters import UnsupportedModelError
+from olica_prune.method.budget import Alignment, BudgetError, LayerCosts, plan_widths
 from olica_prune.contract import LayerSpec, ModelDims, OlicaSpec, count_parameters
-from olica_prune.layers import BadWeightsError
-from olica_prune.modeling import OlicaForCausalLM, load_causal_lm
-from olica_prune.pruner import PRESETS, PruneConfig, PruneError, prune
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
-from olica_prune.writer import OutputExistsError
+from olica_prune.method.layers import BadWeightsError
+from olica_prune.model.modeling import OlicaForCausalLM, load_causal_lm
+from olica_prune.method.pruner import PRESETS, PruneConfig, PruneError, prune
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
+from olica_prune.io.writer import OutputExistsError
 
 CASES = {
     "mha": dict(family="llama", num_heads=4, num_kv_heads=4),
@@ -190,7 +190,7 @@ def test_too_few_calibration_tokens_for_the_ridge(dense_dir, tmp_path):
 
 
 def test_directory_without_weights(tmp_path):
-    from olica_prune.sources import ModelSourceError
+    from olica_prune.io.sources import ModelSourceError
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(tiny_config().to_json_string())
@@ -262,7 +262,7 @@ def test_baselines_keep_their_own_scores_and_split(method, score):
     ("adaptive", 8, None),  # adaptive allocation reads every sequence
 ])
 def test_ranking_pass_reads_a_share_of_the_calibration(tmp_path, monkeypatch, allocation, ranking_samples, want):
-    import olica_prune.pruner as pruner_mod
+    import olica_prune.method.pruner as pruner_mod
 
     src = tmp_path / "dense"
     save_model_checkpoint(random_dense_model(tiny_config(num_layers=8), seed=1), src)
@@ -290,7 +290,7 @@ def test_ranking_pass_reads_a_share_of_the_calibration(tmp_path, monkeypatch, al
 def test_refit_recovers_when_the_in_place_solve_is_refused(dense_dir, tmp_path, monkeypatch):
     """If Cholesky rejects the refit's Gram in place (it is then overwritten), the refit
     rebuilds its statistics and solves again: the same checkpoint as without the refusal."""
-    import olica_prune.pruner as pruner_mod
+    import olica_prune.method.pruner as pruner_mod
 
     cfg = PruneConfig(sparsity=0.3, align=8, v_align=4, calibration_layers=1, allocation="uniform")
     want = prune(str(dense_dir), output=tmp_path / "a", config=cfg, calibration_ids=_ids(), progress=False)

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from olica_prune.cli import main as cli_main
 from olica_prune.contract import LayerSpec
-from olica_prune.quantize import quantize_checkpoint
-from olica_prune.testing import random_olica_model, save_model_checkpoint, tiny_config
+from olica_prune.tools.quantize import quantize_checkpoint
+from tinymodels import random_olica_model, save_model_checkpoint, tiny_config
 
 LAYERS = (
     LayerSpec(q_rank=None, k_rank=None, v_head_dim=32, intermediate_size=128, calibration_rank=0),

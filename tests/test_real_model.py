@@ -11,12 +11,12 @@ import json
 import pytest
 import torch
 
-from olica_prune import suite
+from olica_prune.eval import suite
 from olica_prune.contract import OlicaSpec
-from olica_prune.data import eval_chunks
-from olica_prune.evaluate import perplexity, token_agreement
-from olica_prune.modeling import load_causal_lm
-from olica_prune.sources import resolve_model
+from olica_prune.io.data import eval_chunks
+from olica_prune.eval.evaluate import perplexity, token_agreement
+from olica_prune.model.modeling import load_causal_lm
+from olica_prune.io.sources import resolve_model
 
 pytestmark = pytest.mark.slow
 

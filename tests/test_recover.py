@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from olica_prune.cli import main
-from olica_prune.modeling import load_causal_lm
-from olica_prune.pruner import PruneConfig, prune
-from olica_prune.recover import RecoverConfig, RecoveryError, mean_kl, recover
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from olica_prune.model.modeling import load_causal_lm
+from olica_prune.method.pruner import PruneConfig, prune
+from olica_prune.method.recover import RecoverConfig, RecoveryError, mean_kl, recover
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 VOCAB = 256
 SEQ = 32
@@ -101,7 +101,7 @@ def test_recovered_checkpoint_has_the_same_logits_in_transformers_and_vllm(prune
 
 
 def test_prune_with_recover_and_its_interruption(pruned, tmp_path, monkeypatch):
-    import olica_prune.recover as rec
+    import olica_prune.method.recover as rec
 
     dense, _ = pruned
     out = tmp_path / "out"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from olica_prune import selfcal
-from olica_prune.pruner import calibration_mix
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from olica_prune.io import selfcal
+from olica_prune.method.pruner import calibration_mix
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 
 def _model(tmp_path):
     from transformers import AutoTokenizer
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     path = tmp_path / "m"
     save_model_checkpoint(random_dense_model(tiny_config(vocab_size=49152, hidden_size=64, intermediate_size=128,
@@ -51,7 +51,7 @@ def test_mixed_sources_share_the_windows(tmp_path, monkeypatch):
     assert ids.shape == (5, 32)
     own = selfcal.self_calibration(path, tok, num_samples=3, seq_len=32, seed=0, progress=False, engine="transformers")
     assert torch.equal(ids[:3], own)  # the first source takes the remainder
-    from olica_prune.data import calibration_batches
+    from olica_prune.io.data import calibration_batches
 
     assert torch.equal(ids[3:], calibration_batches(tok, "pydoc", num_samples=2, seq_len=32, seed=0))
 
@@ -59,7 +59,7 @@ def test_mixed_sources_share_the_windows(tmp_path, monkeypatch):
 def test_mixed_sources_take_a_presampled_self_stream(tmp_path):
     from transformers import AutoTokenizer
 
-    from olica_prune.sources import resolve_model
+    from olica_prune.io.sources import resolve_model
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model("smollm2-135m")))
     stream = torch.arange(10 * 32).view(10, 32)

@@ -108,7 +108,7 @@ def test_completion_matches_transformers(client, server, served_checkpoint):
     CPU, transformers fp32 here)."""
     import torch
 
-    from olica_prune.modeling import load_causal_lm
+    from olica_prune.model.modeling import load_causal_lm
 
     r = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=1,
                                   extra_body={"return_token_ids": True})

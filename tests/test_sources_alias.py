@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import olica_prune.sources as sources
-from olica_prune.sources import QWEN_CODER_05B, ModelSourceError
+import olica_prune.io.sources as sources
+from olica_prune.io.sources import QWEN_CODER_05B, ModelSourceError
 
 PARTS = [b"GGUF" + bytes([i]) * (1000 + 17 * i) for i in range(1, 7)]  # uneven sizes, distinct bytes
 JOINED = b"".join(PARTS)

@@ -11,9 +11,9 @@ import zlib
 
 import pytest
 
-from olica_prune import suite
-from olica_prune.data import DataSourceError
-from olica_prune.suite import (
+from olica_prune.eval import suite
+from olica_prune.io.data import DataSourceError
+from olica_prune.eval.suite import (
     DOMAINS,
     KINDS,
     Domain,

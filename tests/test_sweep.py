@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from olica_prune import sweep as S
+from olica_prune.eval import sweep as S
 from olica_prune.cli import main
-from olica_prune.testing import random_dense_model, save_model_checkpoint, tiny_config
+from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 ARGS = ["--sparsities", "0.1,0.2", "--methods", "olica", "--max-chunks", "2", "--speed-prompts", "4",
         "--input-len", "16", "--output-len", "8", "--enforce-eager", "--dtype", "float32", "--align", "8",
@@ -17,8 +17,8 @@ ARGS = ["--sparsities", "0.1,0.2", "--methods", "olica", "--max-chunks", "2", "-
 
 @pytest.fixture(scope="module")
 def dense_dir(tmp_path_factory):
-    from olica_prune.sources import resolve_model
-    from olica_prune.writer import TOKENIZER_FILES
+    from olica_prune.io.sources import resolve_model
+    from olica_prune.io.writer import TOKENIZER_FILES
 
     path = tmp_path_factory.mktemp("sweep") / "dense"
     cfg = tiny_config(vocab_size=49152, hidden_size=64, head_dim=32, intermediate_size=2048, num_layers=4,

@@ -1,7 +1,7 @@
 """The vLLM model (olica_serve) against the transformers reference, on tiny checkpoints.
 
 Each checkpoint is served by one vLLM engine (fp32, CPU, eager) and decoded
-greedily: the tokens must equal those of ``olica_prune.modeling.OlicaForCausalLM``
+greedily: the tokens must equal those of ``olica_prune.model.modeling.OlicaForCausalLM``
 on the same weights, and the top-k logprobs must agree (vLLM's
 ``check_logprobs_close`` idea: at a divergence each side's token must be in the
 other's top-k; here a divergence is also a failure, since the weights are
@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 import vllm  # noqa: E402,F401  (fails, not skips, without vLLM: pip install 'olica[cpu]' or 'olica[gpu]')
 
 from olica_prune.contract import LayerSpec, OlicaCheckpointError  # noqa: E402
-from olica_prune.modeling import load_causal_lm  # noqa: E402
-from olica_prune.testing import random_olica_model, save_model_checkpoint, tiny_config  # noqa: E402
+from olica_prune.model.modeling import load_causal_lm  # noqa: E402
+from tinymodels import random_olica_model, save_model_checkpoint, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import olica_prune.writer as W
+import olica_prune.io.writer as W
 
 
 def _tensors():

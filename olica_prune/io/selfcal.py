@@ -10,7 +10,7 @@ samples are deduplicated, joined into one token stream (EOS between samples)
 and cut into consecutive ``seq_len`` windows, like documents of a text source.
 
 Two engines draw from that same distribution: vLLM (batched, continuous
-batching; run in a child process, ``olica_prune.selfcal_vllm``, so the pruner
+batching; run in a child process, ``olica_prune.tools.selfcal_vllm``, so the pruner
 never imports vLLM and gets the memory back) when it is installed, and
 transformers' ``generate`` otherwise. vLLM is several times faster on a CPU.
 
@@ -161,7 +161,7 @@ def _generate(model, prompts: list[list[int]], *, max_new: int, eos: int, pad: i
 
 def _transformers_stream(model_dir: Path, tokenizer, *, num_samples: int, seq_len: int, seed: int, device,
                          batch_size: int, progress: bool) -> torch.LongTensor:
-    from .modeling import load_causal_lm
+    from ..model.modeling import load_causal_lm
 
     if not progress:
         from transformers.utils import logging as hf_logging
@@ -183,12 +183,12 @@ def _transformers_stream(model_dir: Path, tokenizer, *, num_samples: int, seq_le
 
 def _vllm_stream(model_dir: Path, tokenizer, *, num_samples: int, seq_len: int, seed: int,
                  progress: bool) -> torch.LongTensor:
-    """Sample in a child process running vLLM (``olica_prune.selfcal_vllm``)."""
+    """Sample in a child process running vLLM (``olica_prune.tools.selfcal_vllm``)."""
     with tempfile.TemporaryDirectory(prefix="olica-selfcal-") as tmp:
         out = Path(tmp) / "ids.pt"
         # the caller's tokenizer, so that both engines build the same prompts
         tokenizer.save_pretrained(Path(tmp) / "tokenizer")
-        cmd = [sys.executable, "-m", "olica_prune.selfcal_vllm", str(model_dir), "--out", str(out),
+        cmd = [sys.executable, "-m", "olica_prune.tools.selfcal_vllm", str(model_dir), "--out", str(out),
                "--tokenizer", str(Path(tmp) / "tokenizer"),
                "--num-samples", str(num_samples), "--seq-len", str(seq_len), "--seed", str(seed)]
         cmd += [] if progress else ["--quiet"]

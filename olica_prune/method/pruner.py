@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from .budget import Alignment, BudgetError, LayerCosts, default_kl_alpha, plan_widths
-from . import preflight
-from .contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
+from ..io import preflight
+from ..contract import ARCHITECTURE, ModelDims, OlicaSpec, count_parameters, layer_tensor_shapes
 from .layers import SourceWeights, build_layer, layer_forward, load_config, read_dense_layer, rotary
 from .linalg import (
     damped_cholesky,
@@ -46,8 +46,8 @@ from .linalg import (
     truncate_vo,
     vo_basis,
 )
-from .selfcal import ENGINES
-from .writer import CheckpointWriter, check_output_path
+from ..io.selfcal import ENGINES
+from ..io.writer import CheckpointWriter, check_output_path
 
 METHODS = ("olica", "magnitude", "wanda-sp")
 REPORT_BATCHES = 2  # batches on which per-layer errors are reported (token-relative)
@@ -59,7 +59,7 @@ class PruneError(ValueError):
 
 # Presets fill every setting the user left unset (None). "paper" is the
 # configuration of the Olica paper; "olica" is the project default, chosen on
-# the DEV domains of the evaluation suite (olica_prune.suite.DEV_DOMAINS;
+# the DEV domains of the evaluation suite (olica_prune.eval.suite.DEV_DOMAINS;
 # bench/dev_sweep.py, bench/results/dev/), never on the report domains.
 # Values given as strings are in units of the target sparsity s ("1.5s", "s/2").
 PRESETS: dict[str, dict[str, Any]] = {
@@ -212,7 +212,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
                                   recover_config=recover)
     from transformers import AutoTokenizer
 
-    from .sources import resolve_model
+    from ..io.sources import resolve_model
 
     t_start = time.perf_counter()
     output = Path(output)
@@ -401,7 +401,7 @@ def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: 
     takes the remainder). ``self`` samples text from the model itself, or takes
     the first rows of ``self_ids`` when given (a stream sampled earlier, e.g. on
     another machine: the first rows of a longer stream are the same windows)."""
-    from .data import calibration_batches
+    from ..io.data import calibration_batches
 
     parts = [p for p in dataset.split("+") if p]
     if not parts:
@@ -415,7 +415,7 @@ def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: 
         if part == "self" and self_ids is not None:
             out.append(self_ids[:n])
         elif part == "self":
-            from .selfcal import self_calibration
+            from ..io.selfcal import self_calibration
 
             out.append(self_calibration(src, tokenizer, num_samples=n, seq_len=seq_len, seed=seed, device=device,
                                         progress=progress, engine=sampler))

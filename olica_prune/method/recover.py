@@ -233,10 +233,10 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
     ``calibration_ids`` (``[n, seq]``) replaces the sampled text; its last ``heldout`` rows are held
     out. Returns the ``recovery`` section added to ``olica_report.json``.
     """
-    from . import preflight
-    from .modeling import OlicaForCausalLM, is_olica_checkpoint, load_causal_lm
-    from .sources import resolve_model
-    from .writer import check_output_path
+    from ..io import preflight
+    from ..model.modeling import OlicaForCausalLM, is_olica_checkpoint, load_causal_lm
+    from ..io.sources import resolve_model
+    from ..io.writer import check_output_path
 
     cfg = config or RecoverConfig()
     pruned, output = Path(pruned), Path(output)
@@ -302,7 +302,7 @@ def _write(pruned: Path, output: Path, fitted: dict[str, torch.Tensor], section:
     import json
 
     from .pruner import load_report
-    from .writer import CheckpointWriter
+    from ..io.writer import CheckpointWriter
 
     config = json.loads((pruned / "config.json").read_text())
     report = load_report(pruned) if (pruned / "olica_report.json").is_file() else {}

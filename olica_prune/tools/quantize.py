@@ -98,10 +98,10 @@ def quantize_checkpoint(src: str | Path, output: str | Path, *, dtype: str = "au
     """Write ``output``: ``src`` with W8A8 int8 linear layers. Returns a summary."""
     from tqdm import tqdm
 
-    from .layers import SourceWeights
-    from .preflight import check_not_quantized, check_output, read_raw_config
-    from .sources import resolve_model
-    from .writer import CheckpointWriter
+    from ..method.layers import SourceWeights
+    from ..io.preflight import check_not_quantized, check_output, read_raw_config
+    from ..io.sources import resolve_model
+    from ..io.writer import CheckpointWriter
 
     src = resolve_model(str(src))
     output = Path(output)

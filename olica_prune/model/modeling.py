@@ -23,7 +23,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
-from .contract import (
+from ..contract import (
     ARCHITECTURE,
     LayerSpec,
     ModelDims,

@@ -8,7 +8,7 @@ log-likelihood over all predicted tokens (``seq_len - 1`` per chunk).
 
     olica eval ppl MODEL [--text pydoc|FILE|wikitext2|c4] [--seq-len 128]
                          [--max-chunks K] [--reference MODEL] [--json]
-    olica eval behaviour MODEL [--reference DENSE] [--json]   (olica_prune.behaviour)
+    olica eval behaviour MODEL [--reference DENSE] [--json]   (olica_prune.eval.behaviour)
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def token_agreement(model, reference_model, chunks: torch.LongTensor, *, batch_s
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .sources import DEFAULT_MODEL
+    from ..io.sources import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="olica eval", description="Evaluate a dense or pruned model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{ppl,behaviour}")
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="pydoc",
                    help="pydoc (held-out part, offline default), a .txt/.jsonl file or folder, wikitext2, c4, alpaca")
     p.add_argument("--suite", nargs="?", const="report", choices=["report", "dev", "all"], default=None,
-                   help="score every domain of the evaluation suite (olica_prune.suite) instead of --text: the "
+                   help="score every domain of the evaluation suite (olica_prune.eval.suite) instead of --text: the "
                         "report domains (default), the dev domains or all, plus pydoc's held-out split as an extra "
                         "row; prints per-domain perplexity and the geometric mean")
     p.add_argument("--seq-len", type=int, default=128, help="chunk length in tokens (default 128)")
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    # Parsed by olica_prune.behaviour (eval_main hands it the arguments untouched); listed for --help.
+    # Parsed by olica_prune.eval.behaviour (eval_main hands it the arguments untouched); listed for --help.
     sub.add_parser("behaviour", add_help=False,
                    help="chat exact-match and zero-shot multiple-choice accuracy through vLLM "
                         "(olica eval behaviour --help)")
@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
 def _load(model: str, *, dtype: torch.dtype, device: str):
     from transformers import AutoTokenizer
 
-    from .modeling import load_causal_lm
-    from .sources import resolve_model
+    from ..model.modeling import load_causal_lm
+    from ..io.sources import resolve_model
 
     path = resolve_model(model)
     return load_causal_lm(path, dtype=dtype, device=device), AutoTokenizer.from_pretrained(str(path))
@@ -136,7 +136,7 @@ def eval_main(argv: list[str]) -> int:
         from .behaviour import behaviour_main
 
         return behaviour_main(argv[1:])
-    from .data import eval_chunks, split_label
+    from ..io.data import eval_chunks, split_label
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -168,7 +168,7 @@ def eval_main(argv: list[str]) -> int:
         else:
             ref_model, ref_tokenizer = _load(args.reference, dtype=dtype, device=device)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-            from .data import DataSourceError
+            from ..io.data import DataSourceError
 
             raise DataSourceError(f"{args.reference} and {args.model} use different tokenizers; "
                                   "token agreement needs the same vocabulary")
@@ -209,7 +209,7 @@ def _suite_report(args, names, model, tokenizer, ref_model, *, dtype_name: str, 
                   t0: float) -> int:
     """Per-domain perplexity (and agreement) over the suite; geometric means per role."""
     from . import suite
-    from .data import eval_chunks
+    from ..io.data import eval_chunks
 
     rows = {}
     texts = {n: str(suite.text_dir() / f"{n}.txt") for n in names}

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .contract import LayerSpec, ModelDims, count_parameters, OlicaSpec
+from ..contract import LayerSpec, ModelDims, count_parameters, OlicaSpec
 from .linalg import lowrank_pays_off
 
 

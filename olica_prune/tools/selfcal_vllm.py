@@ -1,6 +1,6 @@
 """Self-calibration sampling with vLLM, run as a child process by ``selfcal``.
 
-    python -m olica_prune.selfcal_vllm MODEL_DIR --out ids.pt --num-samples 128 --seq-len 128 --seed 0
+    python -m olica_prune.tools.selfcal_vllm MODEL_DIR --out ids.pt --num-samples 128 --seq-len 128 --seed 0
 
 The prompts, the deduplication and the windowing are ``selfcal.sample_stream``'s,
 so both engines draw from one distribution: temperature 1, no top-p/top-k, up to
@@ -52,7 +52,7 @@ def make_sampler(llm, *, seq_len: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .selfcal import sample_stream
+    from ..io.selfcal import sample_stream
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir")

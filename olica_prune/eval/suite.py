@@ -13,7 +13,7 @@ reads the named members straight from the wheel or sdist, cleans them
 ``<text_dir>/<name>.txt`` atomically, beside ``<name>.json`` that records
 where the text came from. ``domain_text(name)`` reads the cached text.
 
-Run ``python -m olica_prune.suite [--names a,b] [--list]`` to fetch and list.
+Run ``python -m olica_prune.eval.suite [--names a,b] [--list]`` to fetch and list.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataSourceError
-from .sources import cache_dir
+from ..io.data import DataSourceError
+from ..io.sources import cache_dir
 
 KINDS = ("literature", "conversation", "encyclopedic", "legal", "technical", "code", "calibration")
 EVAL_MAX_CHARS = 400_000  # each eval domain is cut to at most this many characters
@@ -1103,7 +1103,7 @@ def _table(names: Iterable[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m olica_prune.suite",
+        prog="python -m olica_prune.eval.suite",
         description="Fetch the evaluation text suite into " + str(text_dir()),
     )
     parser.add_argument("--names", help="comma-separated domains (default: all)")

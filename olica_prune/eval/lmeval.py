@@ -129,7 +129,7 @@ def run_lm_eval(argv: list[str]) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError:
-        from .sources import ModelSourceError
+        from ..io.sources import ModelSourceError
 
         raise ModelSourceError("lm-evaluation-harness is not installed: pip install lm_eval") from None
     sys.argv = ["lm_eval", *argv]

@@ -414,7 +414,7 @@ def format_categories(results: Sequence[dict]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .sources import DEFAULT_MODEL
+    from ..io.sources import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(
         prog="olica eval behaviour",
@@ -438,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def behaviour_main(argv: list[str]) -> int:
     """``olica eval behaviour ...``: evaluate MODEL (and --reference) one engine at a time, print a table."""
-    from .sources import resolve_model
+    from ..io.sources import resolve_model
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -464,7 +464,7 @@ def behaviour_main(argv: list[str]) -> int:
         results.append(res)
     summary: dict[str, Any] = {
         "protocol": {"chat": f"greedy chat-template answers, max {args.max_tokens} tokens, exact match "
-                             "(olica_prune.behaviour.exact_match)",
+                             "(olica_prune.eval.behaviour.exact_match)",
                      "mc": "zero-shot, log-likelihood of ' ' + choice after the context (vLLM prompt logprobs); "
                            "acc_norm divides by the choice's characters",
                      "dtype": args.dtype},

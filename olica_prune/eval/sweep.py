@@ -69,7 +69,7 @@ def measure_speed(model_dir: str | Path, *, prompts: int, input_len: int, output
 def measure_quality(model_dir: str | Path, chunks: dict) -> dict:
     from . import suite
     from .evaluate import geometric_mean, perplexity
-    from .modeling import load_causal_lm
+    from ..model.modeling import load_causal_lm
 
     model = load_causal_lm(model_dir)
     ppl = {d: perplexity(model, c, progress=False) for d, c in chunks.items()}
@@ -80,7 +80,7 @@ def _chunks(src: Path, *, seq_len: int, max_chunks: int, domains) -> dict:
     from transformers import AutoTokenizer
 
     from . import suite
-    from .data import eval_chunks
+    from ..io.data import eval_chunks
 
     tok = AutoTokenizer.from_pretrained(str(src))
     out = {}
@@ -142,8 +142,8 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
           output_len: int = 64, repeats: int = 2, eager: bool = False, dtype: str = "bfloat16",
           keep: bool = True, prune_overrides: dict | None = None, progress: bool = True) -> dict:
     from . import suite
-    from .pruner import PruneConfig, prune
-    from .sources import resolve_model
+    from ..method.pruner import PruneConfig, prune
+    from ..io.sources import resolve_model
 
     src = resolve_model(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,8 +158,8 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
             result["points"] = prior.get("points", [])  # finished points are kept: resume
         else:
             raise ValueError(f"{result_file} was made with other settings; use another --output or delete it")
-    from . import __version__
-    from .provenance import commit_hash
+    from .. import __version__
+    from ..io.provenance import commit_hash
 
     result["commit"] = commit_hash(mark_dirty=True, fallback=f"olica {__version__} (no git)")
     todo = [("dense", 0.0)] + [(m, sp) for sp in sparsities for m in methods]
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-samples", type=int, default=None)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from .pruner import PruneError
+    from ..method.pruner import PruneError
 
     try:
         sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]

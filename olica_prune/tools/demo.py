@@ -4,7 +4,7 @@
 2. start stock ``vllm serve`` on the checkpoint, on loopback;
 3. ask it a question through the official ``openai`` client and print the answer;
 4. score the pruned and the dense model on the hand-written behaviour sets of
-   ``olica_prune.behaviour`` through the same server setup: chat exact-match
+   ``olica_prune.eval.behaviour`` through the same server setup: chat exact-match
    (greedy, the chat API) and zero-shot multiple-choice accuracy (prompt
    logprobs of the completions API), so a user sees what pruning kept;
 5. measure output tokens/s of the pruned and the dense model through the same
@@ -53,11 +53,11 @@ def served_throughput(base_url: str, model: str, *, requests: int, input_len: in
 
 
 def served_behaviour(base_url: str, model: str, model_dir: str | Path, *, max_items: int | None = None) -> dict:
-    """Chat exact-match and multiple-choice accuracy of a served model (``olica_prune.behaviour``)."""
+    """Chat exact-match and multiple-choice accuracy of a served model (``olica_prune.eval.behaviour``)."""
     from openai import OpenAI
     from transformers import AutoTokenizer
 
-    from .behaviour import chat_exact_match_openai, load_chat_set, load_mc_set, mc_accuracy_openai, subset
+    from ..eval.behaviour import chat_exact_match_openai, load_chat_set, load_mc_set, mc_accuracy_openai, subset
 
     client = OpenAI(base_url=base_url, api_key="unused")
     t = time.perf_counter()
@@ -97,9 +97,9 @@ def demo_main(argv: list[str]) -> int:
 
     from openai import OpenAI
 
-    from .modeling import is_olica_checkpoint
-    from .pruner import PruneConfig, prune, summary_line
-    from .sources import resolve_model
+    from ..model.modeling import is_olica_checkpoint
+    from ..method.pruner import PruneConfig, prune, summary_line
+    from ..io.sources import resolve_model
 
     dense_dir = resolve_model(args.model)
     out = Path(args.output)

@@ -1,4 +1,5 @@
-"""Tiny random models and checkpoints with awkward shapes, for tests and benchmarks."""
+"""Tiny random models and checkpoints with awkward shapes, for tests and benchmarks (not
+installed with the package: tests import ``tinymodels``, bench scripts ``tests.tinymodels``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .contract import ARCHITECTURE, LayerSpec, OlicaSpec
-from .writer import CheckpointWriter
+from olica_prune.contract import ARCHITECTURE, LayerSpec, OlicaSpec
+from olica_prune.io.writer import CheckpointWriter
 
 FAMILIES = {
     "llama": ("LlamaForCausalLM", "LlamaConfig"),
@@ -59,8 +60,8 @@ def random_checkpoint(config, output: str | Path, *, dtype: torch.dtype = torch.
     memory, not 27 GB of fp32 parameters. Linear and embedding weights are
     ``N(0, initializer_range)`` like transformers' init, norm weights ``1 + 0.2·N(0, 1)``
     (as :func:`random_dense_model`). ``device`` only generates the numbers (cuda is faster)."""
-    from .adapters import adapter_for
-    from .contract import ModelDims, layer_tensor_shapes
+    from olica_prune.io.adapters import adapter_for
+    from olica_prune.contract import ModelDims, layer_tensor_shapes
 
     dims = ModelDims.from_config(config)
     std = float(getattr(config, "initializer_range", 0.02))
@@ -88,7 +89,7 @@ def random_checkpoint(config, output: str | Path, *, dtype: torch.dtype = torch.
 
 def random_olica_model(config, layers: list[LayerSpec], *, qkv_bias: bool = False, seed: int = 0):
     """An ``OlicaForCausalLM`` with random weights and the given per-layer widths."""
-    from .modeling import OlicaForCausalLM
+    from olica_prune.model.modeling import OlicaForCausalLM
 
     cfg = olica_config_dict(config, layers, qkv_bias=qkv_bias)
     from transformers import AutoConfig
@@ -144,8 +145,8 @@ def tiny_checkpoint_with_real_tokenizer(path):
     import json
     import math
 
-    from .contract import LayerSpec
-    from .sources import resolve_model
+    from olica_prune.contract import LayerSpec
+    from olica_prune.io.sources import resolve_model
 
     source = resolve_model("smollm2-135m")
     vocab = json.loads((source / "config.json").read_text())["vocab_size"]

@@ -11,8 +11,8 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-from .contract import LayerSpec, layer_tensor_shapes, ModelDims
-from .modeling import _llama_compatible, swap_layer_modules
+from ..contract import LayerSpec, layer_tensor_shapes, ModelDims
+from ..model.modeling import _llama_compatible, swap_layer_modules
 
 
 class BadWeightsError(ValueError):

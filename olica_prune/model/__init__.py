@@ -1,0 +1,2 @@
+"""The transformers model of an Olica checkpoint (``modeling``) and the
+``AutoModelForCausalLM`` hook (``automodel``)."""
