@@ -290,11 +290,11 @@ def test_ranking_pass_reads_a_share_of_the_calibration(tmp_path, monkeypatch, al
 def test_refit_recovers_when_the_in_place_solve_is_refused(dense_dir, tmp_path, monkeypatch):
     """If Cholesky rejects the refit's Gram in place (it is then overwritten), the refit
     rebuilds its statistics and solves again: the same checkpoint as without the refusal."""
-    import olica_prune.method.pruner as pruner_mod
+    import olica_prune.method.ffn as ffn_mod
 
     cfg = PruneConfig(sparsity=0.3, align=8, v_align=4, calibration_layers=1, allocation="uniform")
     want = prune(str(dense_dir), output=tmp_path / "a", config=cfg, calibration_ids=_ids(), progress=False)
-    solve, refused = pruner_mod.ridge_solve, []
+    solve, refused = ffn_mod.ridge_solve, []
 
     def refuse_in_place(gram, rhs, ridge, *, prior=None, consume=False):
         if consume:
@@ -303,7 +303,7 @@ def test_refit_recovers_when_the_in_place_solve_is_refused(dense_dir, tmp_path, 
             raise torch.linalg.LinAlgError("refused")
         return solve(gram, rhs, ridge, prior=prior)
 
-    monkeypatch.setattr(pruner_mod, "ridge_solve", refuse_in_place)
+    monkeypatch.setattr(ffn_mod, "ridge_solve", refuse_in_place)
     got = prune(str(dense_dir), output=tmp_path / "b", config=cfg, calibration_ids=_ids(), progress=False)
     assert refused  # the refit went through the retry
     for g, w in zip(got["layers"], want["layers"]):
