@@ -55,6 +55,13 @@ def _prune_parser(sub) -> None:
     p.add_argument("--vo-sparsity", type=float, default=None,
                    help="fraction of the V/O width removed in each pruned layer (the FFN takes the rest of the "
                         "budget); default: the preset's")
+    _ffn_options(p)
+    _calibration_options(p)
+    _recover_options(p)
+
+
+def _ffn_options(p) -> None:
+    """The FFN and calibration-branch settings of ``olica prune``."""
     p.add_argument("--ffn-score", default=None, choices=["contribution", "paper", "wanda", "magnitude"],
                    help="how FFN neurons are ranked (default: the preset's)")
     p.add_argument("--ridge", type=float, default=1e-3,
@@ -79,6 +86,10 @@ def _prune_parser(sub) -> None:
                         "(default 32, at least 4 x hidden_size tokens)")
     p.add_argument("--align", type=int, default=32, help="multiple for FFN widths and ranks (default 32)")
     p.add_argument("--v-align", type=int, default=8, help="multiple for v_head_dim (default 8)")
+
+
+def _calibration_options(p) -> None:
+    """The calibration text, the run and the output of ``olica prune``."""
     p.add_argument("--calibration", dest="dataset", default="self",
                    help="calibration text: self (default: sampled from the model itself, no data needed), pydoc, "
                         "a .txt/.jsonl file or folder, wikitext2, c4, bookcorpus, alpaca; join sources with '+' "
@@ -105,7 +116,6 @@ def _prune_parser(sub) -> None:
                         "model's next-token distribution on self-sampled text (olica recover --help). Off by "
                         "default: on SmolLM2-135M at 20 %% it cut the dev perplexity ratio from 1.74 to 1.61 "
                         "but costs ~10 min of fitting plus ~3.5 min of sampling on 2 CPU cores")
-    _recover_options(p)
 
 
 def _recover_options(p) -> None:

@@ -486,92 +486,102 @@ def troff_to_text(src: str) -> str:
     """A man page (man/troff, e.g. pandoc's output) as plain text: requests and
     escapes go, filled text joins into paragraphs, headings and ``.TP`` tags
     stay on lines of their own, ``.nf`` blocks keep their lines."""
-    lines = normalize_newlines(src).split("\n")
-    out: list[str] = []  # finished lines; "" is a paragraph break
-    para: list[str] = []
-    fill = True
-    in_table = table_format = False
-    table_tab, table_rows = "\t", []
-    tag_next = False  # the next text line is a .TP tag: a line of its own
-
-    def emit(line: str) -> None:
-        nonlocal tag_next
-        if tag_next:
-            out.append(" ".join(line.split()))
-            tag_next = False
-        elif fill:
-            para.append(line)
-        else:
-            out.append(line.rstrip())
-
-    def flush() -> None:
-        if para:
-            out.append(" ".join(" ".join(p.split()) for p in para if p.strip()))
-            para.clear()
-
-    def brk() -> None:
-        flush()
-        if out and out[-1] != "":
-            out.append("")
-
-    for raw in lines:
+    page = _TroffPage()
+    for raw in normalize_newlines(src).split("\n"):
         if raw.startswith(("'", ".")):
             request = re.match(r"[.']\s*(\S*)\s*(.*)$", raw)
-            req, rest = (request.group(1), request.group(2)) if request else ("", "")
-            if req.startswith('\\"') or req in ("\\}", "\\{"):
-                continue
-            if req == "TS":
-                flush()
-                in_table = table_format = True
-                table_tab, table_rows = "\t", []
-                continue
-            if req == "TE":
-                in_table = False
-                out.extend(_troff_table(table_rows, table_tab))
-                brk()
-                continue
-            if req in ("SH", "SS"):
-                brk()
-                out.extend([troff_inline(" ".join(_troff_args(rest))).strip(), ""])
-            elif req in ("PP", "P", "LP", "HP", "sp"):
-                brk()
-            elif req == "TP":
-                brk()
-                tag_next = True
-            elif req == "IP":
-                brk()
-                args = _troff_args(rest)
-                if args:
-                    para.append(troff_inline(args[0]))
-            elif req == "br":
-                flush()
-            elif req in ("nf", "EX"):
-                flush()
-                fill = False
-            elif req in ("fi", "EE"):
-                fill = True
-            elif req in ("B", "I", "SM", "SB"):
-                emit(troff_inline(" ".join(_troff_args(rest))))
-            elif len(req) == 2 and req[0] in "BIR" and req[1] in "BIR":
-                emit(troff_inline("".join(_troff_args(rest))))
-            continue  # TH, RS, RE, hy, ad, ie, el, ftr, ... carry no text
-        if in_table:
-            if table_format:  # options ("tab(@);") and column formats, ending with "."
-                tab = re.search(r"\btab\s*\((.)\)", raw)
-                if tab:
-                    table_tab = tab.group(1)
-                if raw.rstrip().endswith("."):
-                    table_format = False
-                continue
-            table_rows.append(raw)
-            continue
-        line = troff_inline(raw)
-        if fill and not line.strip():
-            brk()
+            page.request(*((request.group(1), request.group(2)) if request else ("", "")))
+        elif page.in_table:
+            page.table_line(raw)
         else:
-            emit(line)
-    flush()
-    return tidy_lines("\n".join(out))
+            page.text(raw)
+    page.flush()
+    return tidy_lines("\n".join(page.out))
+
+
+class _TroffPage:
+    """What :func:`troff_to_text` has read of a page so far."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []  # finished lines; "" is a paragraph break
+        self.para: list[str] = []
+        self.fill = True
+        self.in_table = self.table_format = False
+        self.table_tab, self.table_rows = "\t", []
+        self.tag_next = False  # the next text line is a .TP tag: a line of its own
+
+    def emit(self, line: str) -> None:
+        if self.tag_next:
+            self.out.append(" ".join(line.split()))
+            self.tag_next = False
+        elif self.fill:
+            self.para.append(line)
+        else:
+            self.out.append(line.rstrip())
+
+    def flush(self) -> None:
+        if self.para:
+            self.out.append(" ".join(" ".join(p.split()) for p in self.para if p.strip()))
+            self.para.clear()
+
+    def brk(self) -> None:
+        self.flush()
+        if self.out and self.out[-1] != "":
+            self.out.append("")
+
+    def request(self, req: str, rest: str) -> None:
+        """A request line (``.XX args``); TH, RS, RE, hy, ad, ie, el, ftr, ... carry no text."""
+        if req.startswith('\\"') or req in ("\\}", "\\{"):
+            return
+        if req == "TS":
+            self.flush()
+            self.in_table = self.table_format = True
+            self.table_tab, self.table_rows = "\t", []
+        elif req == "TE":
+            self.in_table = False
+            self.out.extend(_troff_table(self.table_rows, self.table_tab))
+            self.brk()
+        elif req in ("SH", "SS"):
+            self.brk()
+            self.out.extend([troff_inline(" ".join(_troff_args(rest))).strip(), ""])
+        elif req in ("PP", "P", "LP", "HP", "sp"):
+            self.brk()
+        elif req == "TP":
+            self.brk()
+            self.tag_next = True
+        elif req == "IP":
+            self.brk()
+            args = _troff_args(rest)
+            if args:
+                self.para.append(troff_inline(args[0]))
+        elif req == "br":
+            self.flush()
+        elif req in ("nf", "EX"):
+            self.flush()
+            self.fill = False
+        elif req in ("fi", "EE"):
+            self.fill = True
+        elif req in ("B", "I", "SM", "SB"):
+            self.emit(troff_inline(" ".join(_troff_args(rest))))
+        elif len(req) == 2 and req[0] in "BIR" and req[1] in "BIR":
+            self.emit(troff_inline("".join(_troff_args(rest))))
+
+    def table_line(self, raw: str) -> None:
+        if self.table_format:  # options ("tab(@);") and column formats, ending with "."
+            tab = re.search(r"\btab\s*\((.)\)", raw)
+            if tab:
+                self.table_tab = tab.group(1)
+            if raw.rstrip().endswith("."):
+                self.table_format = False
+            return
+        self.table_rows.append(raw)
+
+    def text(self, raw: str) -> None:
+        line = troff_inline(raw)
+        if self.fill and not line.strip():
+            self.brk()
+        else:
+            self.emit(line)
 
 
 # ----------------------------------------------------------------- licenses

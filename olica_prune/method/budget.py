@@ -14,7 +14,7 @@ branches counted. Three allocations:
 - ``kl``: V/O loses the uniform fraction in every pruned layer, and the FFN
   budget is spread over the layers by their measured *sensitivity*: the KL
   divergence of the model's next-token distribution when that layer alone
-  loses the uniform FFN fraction (``_Run.measure_sensitivity``). Layer ``i``
+  loses the uniform FFN fraction (``sensitivity.DensePass.measure_sensitivity``). Layer ``i``
   loses an FFN fraction proportional to ``k_i ** -alpha`` (``alpha`` 0 is
   uniform; 1 minimises ``sum k_i f_i**2`` if KL grew with the square of the
   removed fraction), capped so every layer keeps ``min_keep``.
@@ -78,85 +78,117 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     layer's V/O fraction is scaled by the same factor as its FFN fraction
     (otherwise V/O stays uniform).
     """
-    d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
-                        dims.intermediate_size, dims.num_layers)
-    dense_total = count_parameters(None, dims, qkv_bias=qkv_bias)
-    target_total = (1 - sparsity) * dense_total
-    q_rank = qk_rank(h * e, d, qk_sparsity, align.rank)
-    k_rank = qk_rank(g * e, d, qk_sparsity, align.rank)
-    cal = set(calibration_layers)
-
-    def spec_for(ffn_keep: list[int], v_keep: list[int]) -> list[LayerSpec]:
-        return [LayerSpec(q_rank, k_rank, v_keep[i], ffn_keep[i], calibration_rank if i in cal else 0)
-                for i in range(L)]
-
-    def total(specs: list[LayerSpec]) -> int:
-        return count_parameters(OlicaSpec("LlamaForCausalLM", qkv_bias, specs), dims)
-
-    ffn_unit = 3 * d
-    vo_unit = (g + h) * d + (g if qkv_bias else 0)
-    min_ffn = max(align.ffn, int(math.ceil(min_keep * m / align.ffn)) * align.ffn)
-    min_v = max(align.v, int(math.ceil(min_keep * e / align.v)) * align.v)
-    base = spec_for([m] * L, [e] * L)
-    to_remove = total(base) - target_total
-    if to_remove < 0:
-        raise BudgetError(
-            f"sparsity {sparsity:.3f} is reached by the Q/K factorisation and calibration settings alone; "
-            "lower --qk-sparsity or the calibration rank"
-        )
-    max_removable = L * ((m - min_ffn) * ffn_unit + (e - min_v) * vo_unit)
-    if to_remove > max_removable:
-        raise BudgetError(
-            f"sparsity {sparsity:.3f} needs removing {to_remove:,.0f} parameters but the FFN and V/O widths can give "
-            f"at most {max_removable:,.0f} (embeddings are not pruned; each layer keeps at least {min_ffn} FFN "
-            f"neurons and {min_v} value dims at alignment {align.ffn}/{align.v}); choose a lower sparsity, or a "
-            "smaller --align for a small model"
-        )
-
+    budget = _Budget(dims, sparsity=sparsity, qkv_bias=qkv_bias, qk_sparsity=qk_sparsity,
+                     calibration_layers=calibration_layers, calibration_rank=calibration_rank, align=align,
+                     min_keep=min_keep)
+    L = dims.num_layers
     spared = {i % L for i in spare_layers} if L > 2 else set()
     if allocation in ("uniform", "kl"):
-        # Every layer but the spared ones loses the same fraction of its widths.
-        pruned = L - len(spared)
-        if vo_sparsity is None:
-            frac = v_frac = to_remove / (pruned * (m * ffn_unit + e * vo_unit))
-        else:
-            v_frac = vo_sparsity
-            frac = (to_remove - pruned * v_frac * e * vo_unit) / (pruned * m * ffn_unit)
-            if frac < 0:
-                raise BudgetError(f"sparsity {sparsity:.3f} is exceeded by the V/O and Q/K settings alone; "
-                                  "lower --vo-sparsity or --qk-sparsity")
-        if max(frac, v_frac) > 1 - min_keep:
-            raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}"
-                              + (" with this V/O share" if vo_sparsity is not None else "")
-                              + "; choose a lower sparsity")
-        fracs = [0.0 if i in spared else frac for i in range(L)]
-        if allocation == "kl":
-            if sensitivity is None or len(sensitivity) != L:
-                raise ValueError("kl allocation needs one sensitivity per layer")
-            fracs = spread_by_sensitivity(frac, sensitivity, [i for i in range(L) if i not in spared],
-                                          alpha=kl_alpha, cap=1 - min_keep, L=L)
-        v_fracs = [0.0 if i in spared else v_frac for i in range(L)]
-        if allocation == "kl" and kl_vo and frac > 0:
-            v_fracs = [min(1 - min_keep, v_frac * f / frac) for f in fracs]
-        ffn_keep = [m - f * m for f in fracs]
-        v_keep = [e - f * e for f in v_fracs]
+        ffn_keep, v_keep = _fractional_widths(budget, spared, allocation=allocation, vo_sparsity=vo_sparsity,
+                                              sensitivity=sensitivity, kl_alpha=kl_alpha, kl_vo=kl_vo)
     elif allocation == "adaptive":
         if costs is None:
             raise ValueError("adaptive allocation needs per-layer costs")
-        ffn_keep, v_keep = _greedy(costs, to_remove, ffn_unit, vo_unit, m, e, min_ffn, min_v)
+        ffn_keep, v_keep = _greedy(costs, budget.to_remove, budget.ffn_unit, budget.vo_unit, dims.intermediate_size,
+                                   dims.head_dim, budget.min_ffn, budget.min_v)
     else:
         raise ValueError(f"unknown allocation {allocation!r}; choose adaptive, kl or uniform")
+    return _round_widths(budget, ffn_keep, v_keep, costs=costs, spared=spared, tolerance=tolerance)
 
+
+class _Budget:
+    """What a width plan is held to: the parameter target, the widths' units and floors.
+    Raises :class:`BudgetError` when the target is out of reach of the FFN and V/O widths."""
+
+    def __init__(self, dims: ModelDims, *, sparsity: float, qkv_bias: bool, qk_sparsity: float,
+                 calibration_layers: list[int], calibration_rank: int, align: Alignment, min_keep: float) -> None:
+        d, h, g, e, m, L = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
+                            dims.intermediate_size, dims.num_layers)
+        self.dims, self.sparsity, self.qkv_bias, self.align, self.min_keep = dims, sparsity, qkv_bias, align, min_keep
+        self.dense_total = count_parameters(None, dims, qkv_bias=qkv_bias)
+        self.target_total = (1 - sparsity) * self.dense_total
+        self.q_rank = qk_rank(h * e, d, qk_sparsity, align.rank)
+        self.k_rank = qk_rank(g * e, d, qk_sparsity, align.rank)
+        self.cal = set(calibration_layers)
+        self.calibration_rank = calibration_rank
+        self.ffn_unit = 3 * d
+        self.vo_unit = (g + h) * d + (g if qkv_bias else 0)
+        self.min_ffn = max(align.ffn, int(math.ceil(min_keep * m / align.ffn)) * align.ffn)
+        self.min_v = max(align.v, int(math.ceil(min_keep * e / align.v)) * align.v)
+        base = self.spec_for([m] * L, [e] * L)
+        self.to_remove = self.total(base) - self.target_total
+        if self.to_remove < 0:
+            raise BudgetError(
+                f"sparsity {sparsity:.3f} is reached by the Q/K factorisation and calibration settings alone; "
+                "lower --qk-sparsity or the calibration rank"
+            )
+        max_removable = L * ((m - self.min_ffn) * self.ffn_unit + (e - self.min_v) * self.vo_unit)
+        if self.to_remove > max_removable:
+            raise BudgetError(
+                f"sparsity {sparsity:.3f} needs removing {self.to_remove:,.0f} parameters but the FFN and V/O "
+                f"widths can give at most {max_removable:,.0f} (embeddings are not pruned; each layer keeps at "
+                f"least {self.min_ffn} FFN neurons and {self.min_v} value dims at alignment "
+                f"{align.ffn}/{align.v}); choose a lower sparsity, or a smaller --align for a small model"
+            )
+
+    def spec_for(self, ffn_keep: list[int], v_keep: list[int]) -> list[LayerSpec]:
+        return [LayerSpec(self.q_rank, self.k_rank, v_keep[i], ffn_keep[i],
+                          self.calibration_rank if i in self.cal else 0)
+                for i in range(self.dims.num_layers)]
+
+    def total(self, specs: list[LayerSpec]) -> int:
+        return count_parameters(OlicaSpec("LlamaForCausalLM", self.qkv_bias, specs), self.dims)
+
+
+def _fractional_widths(budget: _Budget, spared: set[int], *, allocation: str, vo_sparsity: float | None,
+                       sensitivity: list[float] | None, kl_alpha: float, kl_vo: bool
+                       ) -> tuple[list[float], list[float]]:
+    """Unrounded FFN and V/O widths of the uniform and kl allocations: every layer but the
+    spared ones loses the same fraction of its widths (kl: its FFN fraction by sensitivity)."""
+    m, e, L = budget.dims.intermediate_size, budget.dims.head_dim, budget.dims.num_layers
+    sparsity, min_keep, to_remove = budget.sparsity, budget.min_keep, budget.to_remove
+    ffn_unit, vo_unit = budget.ffn_unit, budget.vo_unit
+    pruned = L - len(spared)
+    if vo_sparsity is None:
+        frac = v_frac = to_remove / (pruned * (m * ffn_unit + e * vo_unit))
+    else:
+        v_frac = vo_sparsity
+        frac = (to_remove - pruned * v_frac * e * vo_unit) / (pruned * m * ffn_unit)
+        if frac < 0:
+            raise BudgetError(f"sparsity {sparsity:.3f} is exceeded by the V/O and Q/K settings alone; "
+                              "lower --vo-sparsity or --qk-sparsity")
+    if max(frac, v_frac) > 1 - min_keep:
+        raise BudgetError(f"sparsity {sparsity:.3f} cannot be reached while sparing layers {sorted(spared)}"
+                          + (" with this V/O share" if vo_sparsity is not None else "")
+                          + "; choose a lower sparsity")
+    fracs = [0.0 if i in spared else frac for i in range(L)]
+    if allocation == "kl":
+        if sensitivity is None or len(sensitivity) != L:
+            raise ValueError("kl allocation needs one sensitivity per layer")
+        fracs = spread_by_sensitivity(frac, sensitivity, [i for i in range(L) if i not in spared],
+                                      alpha=kl_alpha, cap=1 - min_keep, L=L)
+    v_fracs = [0.0 if i in spared else v_frac for i in range(L)]
+    if allocation == "kl" and kl_vo and frac > 0:
+        v_fracs = [min(1 - min_keep, v_frac * f / frac) for f in fracs]
+    return [m - f * m for f in fracs], [e - f * e for f in v_fracs]
+
+
+def _round_widths(budget: _Budget, ffn_keep: list[float], v_keep: list[float], *,
+                  costs: list[LayerCosts] | None, spared: set[int], tolerance: float) -> list[LayerSpec]:
+    """The widths rounded to their alignment, then FFN chunks traded until the total is
+    within ``tolerance`` of the target."""
+    align, min_ffn, min_v = budget.align, budget.min_ffn, budget.min_v
+    m, e, L = budget.dims.intermediate_size, budget.dims.head_dim, budget.dims.num_layers
     ffn_w = [min(m, max(min_ffn, int(round(k / align.ffn)) * align.ffn)) for k in ffn_keep]
     v_w = [min(e, max(min_v, int(round(k / align.v)) * align.v)) for k in v_keep]
     # Rounding moves the total; trade FFN chunks until within tolerance,
     # taking from (or giving to) the layer where the chunk matters least (most).
     order_cost = _chunk_costs(costs, align.ffn) if costs is not None else None
-    best, best_err = spec_for(ffn_w, v_w), math.inf
+    best, best_err = budget.spec_for(ffn_w, v_w), math.inf
     last_sign = 0
     for _ in range(4 * L * max(1, m // align.ffn)):
-        specs = spec_for(ffn_w, v_w)
-        excess = (total(specs) - target_total) / dense_total
+        specs = budget.spec_for(ffn_w, v_w)
+        excess = (budget.total(specs) - budget.target_total) / budget.dense_total
         if abs(excess) < best_err:
             best, best_err = specs, abs(excess)
         sign = 1 if excess > 0 else -1
@@ -178,7 +210,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     if best_err <= tolerance:
         return best
     raise BudgetError(
-        f"cannot reach sparsity {sparsity:.3f} within ±{tolerance * 100:.1f} pp with FFN widths aligned to "
+        f"cannot reach sparsity {budget.sparsity:.3f} within ±{tolerance * 100:.1f} pp with FFN widths aligned to "
         f"{align.ffn}: the model is too small for this alignment; use a smaller --align"
     )
 
