@@ -197,4 +197,3 @@ class AttentionStep(RunState):
             cn = ctx_sq_group.double().clamp_min(0).sqrt()  # [group, e]
             return wv_j.double().abs() @ xn + (wo_group.double().abs().sum(0) * cn).sum(0)
         return wv_j.double().abs().sum(1) + wo_group.double().abs().sum((0, 1))
-
