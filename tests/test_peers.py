@@ -171,6 +171,38 @@ def test_slicegpt_slicing_keeps_the_leading_directions():
     assert sliced.model.layers[-1].mlp.down_proj.out_features == 64  # the head is not sliced
 
 
+@torch.no_grad()
+def projected_dense_logits(dense, rotations, batch: torch.Tensor, tie: bool) -> torch.Tensor:
+    """The dense model with its residual stream projected onto the kept PCA subspace
+    (Q_k Q_k^T) at every point SliceGPT slices: what the sliced model must compute."""
+    from bench.peers._common import layer0_inputs
+
+    (h, kw), = layer0_inputs(dense, batch, len(batch))
+
+    def proj(x, q):
+        return x @ q @ q.T
+
+    h = proj(h, rotations["embed"])
+    for layer, r in zip(dense.model.layers, rotations["layers"]):
+        mid = proj(h + layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0], r["mid"])
+        out = mid + layer.mlp(layer.post_attention_layernorm(mid))
+        h = out if r["out"] is None else proj(out, r["out"])
+    y = dense.model.norm(h)
+    return dense.lm_head(proj(y, rotations["embed"]) if tie else y)
+
+
+@pytest.mark.parametrize("family, tie", [("llama", True), ("llama", False), ("qwen2", True)])
+def test_slicegpt_sliced_model_is_the_dense_model_on_the_kept_subspace(family, tie):
+    model = tiny(family=family, tie=tie)
+    test = ids(4, 24, seed=7)
+    sliced = slicegpt.slice_model(copy.deepcopy(model), ids(), 40, keep_rotations=True)
+    with torch.no_grad():
+        got = sliced(test).logits
+    want = projected_dense_logits(model, sliced.slicegpt_rotations, test, tie)
+    assert rel(got, want) <= 1e-5
+    assert rel(got, model(test).logits) > 1e-3  # and slicing did change the function
+
+
 @pytest.mark.parametrize("sparsity", [0.1, 0.2, 0.3])
 @pytest.mark.parametrize("tie", [False, True])
 def test_slicegpt_parameter_count_matches_the_target(sparsity, tie):

@@ -161,9 +161,12 @@ def choose_dim(model, sparsity: float) -> int:
 
 
 @torch.no_grad()
-def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: int = 8):
+def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: int = 8,
+                keep_rotations: bool = False):
     """Rotate ``model`` by calibration PCA and slice every stream to ``dim``, in place;
-    ``dim`` = hidden size rotates without slicing (the same function)."""
+    ``dim`` = hidden size rotates without slicing (the same function). With
+    ``keep_rotations``, ``model.slicegpt_rotations`` holds the kept PCA bases (float64,
+    hidden x dim): ``embed`` and, per layer, ``mid`` and ``out`` (None for the last)."""
     cfg = model.config
     emb = model.get_input_embeddings()
     hidden = emb.weight.shape[1]
@@ -188,6 +191,7 @@ def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: i
     new_emb.weight.requires_grad_(False)
     gamma_final = model.model.norm.weight.detach().double()
     xs = rot(xs, q_in)
+    kept = {"embed": q_in, "layers": []}
 
     layers = decoder_layers(model)
     for li, layer in enumerate(layers):
@@ -213,6 +217,7 @@ def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: i
         new.mlp_shortcut = linear(q_mid, None, mlp.down_proj)
         if last:  # the head is not sliced: the output stays in the original basis
             xs = None
+            kept["layers"].append({"mid": q_mid, "out": None})
         else:
             outs = [new.mlp_half(m) for m in mids]
             _, q = pca(outs)
@@ -223,6 +228,7 @@ def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: i
                                    None if dp.bias is None else q_out.T @ dp.bias.double(), dp)
             xs = rot(outs, q_out)
             q_in = q_out
+            kept["layers"].append({"mid": q_mid, "out": q_out})
             del outs
         del mids
         layers[li] = new
@@ -239,6 +245,8 @@ def slice_model(model, calibration_ids: torch.Tensor, dim: int, *, batch_size: i
         model.model.norm = norm
         h = model.lm_head
         model.lm_head = linear(h.weight.double() * gamma_final, h.bias, h)
+    if keep_rotations:
+        model.slicegpt_rotations = kept
     return model
 
 
