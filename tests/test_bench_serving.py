@@ -1,13 +1,16 @@
-"""The serving bench's arithmetic, summary, table and plot (bench/serving.py), on synthetic runs."""
+"""The serving bench's arithmetic, summary, table and plot (bench/serving.py), on synthetic runs
+and on the saved results."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
 
 BENCH = Path(__file__).parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -19,7 +22,25 @@ kv_cache = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kv_cache)
 
 from olica_prune.contract import LayerSpec, OlicaSpec  # noqa: E402
+from olica_serve.speed import METRICS, Scenario, decode_scenario, prefill_scenario  # noqa: E402
 from tinymodels import tiny_config  # noqa: E402
+
+SAVED = sorted((BENCH / "results").glob("serving*.json"))
+
+
+def read_png(path):
+    """The PNG's RGBA pixels (matplotlib: a missing matplotlib fails the test)."""
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def has_colour(pixels, colour) -> bool:
+    from matplotlib.colors import to_rgb
+
+    return bool((np.abs(pixels[..., :3] - np.array(to_rgb(colour))) < 1.5 / 255).all(axis=-1).any())
 
 
 def _olica_config(v_dims):
@@ -84,7 +105,35 @@ def test_summary_takes_medians_and_speedups_and_the_plot_is_a_png(tmp_path):
               "models": {"dense": {"name": "dense", "params": 135e6}, "olica-20": {"name": "o", "params": 108e6}}}
     png = tmp_path / "serving.png"
     serving.plot(result, png)
-    with Image.open(png) as img:
-        assert img.format == "PNG" and img.size[0] > 600
+    pixels = read_png(png)
+    assert pixels.shape[1] > 600 and has_colour(pixels, "black") and has_colour(pixels, "C0")
+    assert [p.name for p in tmp_path.iterdir()] == ["serving.png"]  # no temporary file left
     table = serving.markdown(result)
     assert "| olica-20 | 108.0 M | 1.25x | 12.5 (1.25x) | 50.0 (1.25x) |" in table
+
+
+def test_the_bench_uses_the_shared_measurer_and_keeps_the_result_format():
+    """bench/serving.py measures through olica_serve.speed; its scenarios, stored with
+    dataclasses.asdict, have the keys (in order) of the saved results."""
+    assert serving.METRICS is METRICS and serving.measure.__module__ == "olica_serve.speed"
+    assert not hasattr(serving, "run_scenario") and not hasattr(serving, "_bench_cmd")
+    assert dataclasses.asdict(decode_scenario(4, input_len=128, output_len=128, prompts_per_slot=2)) == {
+        "name": "c4", "input_len": 128, "output_len": 128, "concurrency": 4, "num_prompts": 8}
+    assert dataclasses.asdict(prefill_scenario(1024, 4)) == {
+        "name": "prefill", "input_len": 1024, "output_len": 1, "concurrency": 1, "num_prompts": 4}
+    assert SAVED
+    for path in SAVED:
+        for sc in json.loads(path.read_text())["settings"]["scenarios"]:
+            assert list(dataclasses.asdict(Scenario(**sc)).items()) == list(sc.items()), path.name
+
+
+@pytest.mark.parametrize("path", SAVED, ids=lambda p: p.name)
+def test_replot_draws_the_chart_of_a_saved_result(path, tmp_path):
+    """``--replot JSON`` draws from a saved result alone (no vLLM): dense in black, the pruned
+    models in matplotlib's colour cycle."""
+    png = tmp_path / "replot.png"
+    assert serving.main(["--replot", str(path), "--plot", str(png)]) == 0
+    pixels = read_png(png)
+    assert pixels.shape[:2] == (580, 1300)
+    assert has_colour(pixels, "black") and has_colour(pixels, "C0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replot.png"]

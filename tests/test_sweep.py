@@ -1,18 +1,36 @@
-"""olica sweep: prune at several sparsities, report-domain perplexity and vLLM speed per point,
-sweep.json + a PNG chart, resumable."""
+"""olica sweep: prune at several sparsities, report-domain perplexity and vLLM speed per point
+(vllm serve + vllm bench serve through olica_serve.speed), sweep.json + a PNG chart, resumable."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from olica_prune.eval import sweep as S
 from olica_prune.cli import main
 from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
-ARGS = ["--sparsities", "0.1,0.2", "--methods", "olica", "--max-chunks", "2", "--speed-prompts", "4",
-        "--input-len", "16", "--output-len", "8", "--enforce-eager", "--dtype", "float32", "--align", "8",
-        "--v-align", "4", "--num-samples", "16", "--quiet"]
+COMMON = ["--sparsities", "0.1,0.2", "--methods", "olica", "--max-chunks", "2", "--input-len", "16",
+          "--output-len", "8", "--enforce-eager", "--dtype", "float32", "--align", "8", "--v-align", "4",
+          "--num-samples", "16", "--quiet"]
+ARGS = [*COMMON, "--concurrency", "4"]
+
+
+def read_png(path):
+    """The PNG's RGBA pixels (matplotlib: a missing matplotlib fails the test)."""
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def has_colour(pixels, colour) -> bool:
+    """Whether some pixel is ``colour`` (a matplotlib colour spec), to 1/255."""
+    from matplotlib.colors import to_rgb
+
+    return bool((np.abs(pixels[..., :3] - np.array(to_rgb(colour))) < 1.5 / 255).all(axis=-1).any())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +52,6 @@ def dense_dir(tmp_path_factory):
 @pytest.mark.vllm
 def test_sweep_writes_json_and_png_and_resumes(dense_dir, tmp_path, capsys, monkeypatch):
     import vllm  # noqa: F401  (a missing vLLM fails this test)
-    from PIL import Image
 
     out = tmp_path / "sweep"
     assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 0
@@ -46,21 +63,26 @@ def test_sweep_writes_json_and_png_and_resumes(dense_dir, tmp_path, capsys, monk
     for p in points.values():
         assert p["geomean_ppl"] > 1 and p["output_tok_s"] > 0 and p["commit"]
         assert set(p["ppl"]) >= {"literature", "chat", "code-c"}
+        # measured by vllm bench serve: one decode scenario, 4 in flight, at least 8 requests
+        assert p["serving"]["scenario"] == {"name": "c4", "input_len": 16, "output_len": 8, "concurrency": 4,
+                                            "num_prompts": 8}
+        assert p["output_tok_s"] == p["serving"]["output_throughput"] and p["serving"]["median_tpot_ms"] > 0
+    assert result["settings"]["concurrency"] == 4 and result["settings"]["speed_tool"] == "vllm bench serve"
+    assert (out / "logs" / "server-olica-0.2.log").is_file()
     assert abs(points["olica", 0.2]["achieved"] - 0.2) < 0.01
     assert points["dense", 0.0]["speedup"] == 1.0 and points["dense", 0.0]["ppl_ratio"] == 1.0
     assert (out / "olica-0.2" / "config.json").is_file()  # checkpoints kept by default
-    with Image.open(out / "sweep.png") as img:
-        assert img.format == "PNG" and img.size == (900, 600)
-        colours = {c for _, c in img.getcolors(1 << 16)}
-        assert (0, 0, 255) in colours  # the olica points are drawn
+    pixels = read_png(out / "sweep.png")
+    assert pixels.shape[:2] == (600, 900)
+    assert has_colour(pixels, "C0")  # the olica line and points are drawn
 
-    # A rerun resumes: finished points are not measured again.
+    # A rerun resumes: finished points are not measured again (--speed-prompts: the old name of --concurrency).
     def fail(*a, **k):
         raise AssertionError("a finished point was measured again")
 
-    monkeypatch.setattr(S, "measure_speed", fail)
+    monkeypatch.setattr(S, "measure_serving", fail)
     monkeypatch.setattr(S, "measure_quality", fail)
-    assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 0
+    assert main(["sweep", str(dense_dir), "-o", str(out), *COMMON, "--speed-prompts", "4"]) == 0
     assert json.loads((out / "sweep.json").read_text())["points"] == result["points"]
 
 
@@ -78,9 +100,18 @@ def test_sweep_refuses_bad_lists_and_other_settings(dense_dir, tmp_path, capsys)
 
 
 def test_chart_without_speed_points_is_still_a_png(tmp_path):
-    from PIL import Image
-
     S.chart({"model": "m", "points": [{"method": "dense", "sparsity": 0.0, "geomean_ppl": 10.0}]},
             tmp_path / "c.png")
-    with Image.open(tmp_path / "c.png") as img:
-        assert img.format == "PNG"
+    assert read_png(tmp_path / "c.png").shape[:2] == (600, 900)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left
+
+
+def test_chart_marks_dense_and_draws_each_method(tmp_path):
+    points = [{"method": "dense", "sparsity": 0.0, "geomean_ppl": 20.0, "output_tok_s": 100.0}]
+    for sp, tok_s, olica, wanda in [(0.1, 110.0, 21.0, 23.0), (0.3, 130.0, 26.0, 40.0)]:
+        points += [{"method": "olica", "sparsity": sp, "geomean_ppl": olica, "output_tok_s": tok_s},
+                   {"method": "wanda-sp", "sparsity": sp, "geomean_ppl": wanda, "output_tok_s": tok_s}]
+    S.chart({"model": "m", "settings": {"input_len": 16, "output_len": 8, "concurrency": 4}, "points": points},
+            tmp_path / "c.png")
+    pixels = read_png(tmp_path / "c.png")
+    assert has_colour(pixels, "C0") and has_colour(pixels, "C3") and has_colour(pixels, "black")

@@ -3,67 +3,57 @@ quality/speed trade-off, in one command.
 
 For the dense model and every (method, sparsity) point: prune (Olica defaults,
 or a baseline), perplexity on the evaluation suite's report domains (geometric
-mean, per domain) and output tokens/s through vLLM in its default compiled mode
-(offline engine in a fresh subprocess, random prompts, ``ignore_eos``). Writes
+mean, per domain) and output tokens/s as users get them: ``vllm serve`` in its
+default compiled mode and one ``vllm bench serve`` decode scenario through
+``olica_serve.speed``, the measurer of ``bench/serving.py`` and ``olica demo``
+(random prompts, ``ignore_eos``, ``--concurrency`` requests in flight). Writes
 ``DIR/sweep.json`` after every point (a rerun skips the points already there:
-an interrupted sweep resumes) and ``DIR/sweep.png``, perplexity against
-throughput with the dense point and the baselines. Pruned checkpoints are kept
-in ``DIR/<method>-<sparsity>`` (``--no-keep`` deletes each after it is measured).
+an interrupted sweep resumes) and ``DIR/sweep.png`` (with matplotlib, the
+``charts`` extra), perplexity against throughput with the dense point and the
+baselines. Pruned checkpoints are kept in ``DIR/<method>-<sparsity>``
+(``--no-keep`` deletes each after it is measured); server and benchmark logs
+go to ``DIR/logs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
-import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-SPEED_CODE = """
-import json, sys, time
-spec = json.loads(sys.argv[1])
-from vllm import LLM, SamplingParams
-import random
-rng = random.Random(0)
-llm = LLM(model=spec["model"], dtype=spec["dtype"], enforce_eager=spec["eager"], seed=0,
-          max_model_len=spec["input_len"] + spec["output_len"] + 8, max_num_seqs=spec["prompts"],
-          enable_prefix_caching=False)
-vocab = llm.get_tokenizer().vocab_size
-prompts = [{"prompt_token_ids": [rng.randrange(100, vocab - 100) for _ in range(spec["input_len"])]}
-           for _ in range(spec["prompts"])]
-params = SamplingParams(temperature=0, max_tokens=spec["output_len"], min_tokens=spec["output_len"],
-                        ignore_eos=True, detokenize=False)
-llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
-best = 0.0
-for _ in range(spec["repeats"]):
-    t = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    s = time.perf_counter() - t
-    best = max(best, sum(len(o.outputs[0].token_ids) for o in outs) / s)
-print("OLICA_SPEED " + json.dumps({"output_tok_s": best}), flush=True)
-"""
+def measure_serving(ckpt: str | Path, *, name: str, tokenizer: str | Path, concurrency: int, input_len: int,
+                    output_len: int, eager: bool, dtype: str, workdir: Path) -> dict:
+    """Output tokens/s of ``vllm serve CKPT`` under one ``vllm bench serve`` decode scenario
+    (``concurrency`` requests in flight, one request per slot, at least 8), as ``bench/serving.py``
+    measures it; the benchmark's metrics are kept under ``serving``."""
+    from olica_serve.server import VllmServer
+    from olica_serve.speed import decode_scenario, measure, server_args
+
+    scenario = decode_scenario(concurrency, input_len=input_len, output_len=output_len, prompts_per_slot=1)
+    args = server_args(dtype=dtype, max_model_len=input_len + output_len + 16, max_num_seqs=concurrency,
+                       enforce_eager=eager)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with VllmServer(ckpt, *args, name=name, log_path=workdir / f"server-{name}.log", timeout=900) as server:
+        r = measure(server, name, tokenizer, scenario, workdir=workdir, tag=name)
+    return {"output_tok_s": r["output_throughput"], "serving": {"scenario": dataclasses.asdict(scenario), **r}}
 
 
-def measure_speed(model_dir: str | Path, *, prompts: int, input_len: int, output_len: int, repeats: int,
-                  eager: bool, dtype: str) -> dict:
-    """Output tokens/s of vLLM's offline engine (best of ``repeats``), in a fresh process."""
-    spec = dict(model=str(model_dir), prompts=prompts, input_len=input_len, output_len=output_len,
-                repeats=repeats, eager=eager, dtype=dtype)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    res = subprocess.run([sys.executable, "-c", SPEED_CODE, json.dumps(spec)], capture_output=True, text=True,
-                         env=env)
-    for line in res.stdout.splitlines():
-        if line.startswith("OLICA_SPEED "):
-            return json.loads(line.removeprefix("OLICA_SPEED "))
-    raise RuntimeError(f"vLLM speed measurement of {model_dir} failed (exit {res.returncode}):\n"
-                       + res.stderr[-2000:])
+def charts_available(warn: bool = False) -> bool:
+    """Whether matplotlib (the ``charts`` extra) is installed; ``warn`` says on stderr when not."""
+    ok = importlib.util.find_spec("matplotlib") is not None
+    if not ok and warn:
+        print("olica sweep: matplotlib is not installed, so no sweep.png (pip install 'olica[charts]')",
+              file=sys.stderr)
+    return ok
 
 
 def measure_quality(model_dir: str | Path, chunks: dict) -> dict:
@@ -91,55 +81,72 @@ def _chunks(src: Path, *, seq_len: int, max_chunks: int, domains) -> dict:
 
 
 def chart(result: dict, path: Path) -> None:
-    """PNG: geometric-mean perplexity (log scale) against output tokens/s, one point per model."""
-    from PIL import Image, ImageDraw
+    """PNG: geometric-mean perplexity (log scale) against output tokens/s; one line per method,
+    starting at the dense point (the reference: a black star with dotted guides)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator, ScalarFormatter
 
     points = [p for p in result["points"] if p.get("output_tok_s") and p.get("geomean_ppl")]
-    w, h, m = 900, 600, 80
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((m, 20), f"olica sweep: {result['model']} (report-domain perplexity vs vLLM output tokens/s)",
-              fill="black")
-    if points:
-        xs = [p["output_tok_s"] for p in points]
-        ys = [math.log10(p["geomean_ppl"]) for p in points]
-        x0, x1 = min(xs) * 0.95, max(xs) * 1.05
-        y0, y1 = min(ys) - 0.1, max(ys) + 0.1
-
-        def to_px(x, y):
-            return (m + (x - x0) / (x1 - x0) * (w - 2 * m), h - m - (y - y0) / (y1 - y0) * (h - 2 * m))
-
-        draw.rectangle([m, m, w - m, h - m], outline="black")
-        for i in range(5):
-            xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-            px, _ = to_px(xv, y0)
-            _, py = to_px(x0, yv)
-            draw.text((px - 15, h - m + 8), f"{xv:.0f}", fill="black")
-            draw.text((8, py - 6), f"{10 ** yv:.1f}", fill="black")
-        draw.text((w // 2 - 60, h - 30), "output tokens/s (vLLM)", fill="black")
-        draw.text((8, m - 30), "perplexity (geomean, log)", fill="black")
-        colours = {"dense": "black", "olica": "blue"}
-        by_method: dict[str, list] = {}
-        for p in points:
+    dense = next((p for p in points if p["method"] == "dense"), None)
+    fig = Figure(figsize=(9, 6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    by_method: dict[str, list] = {}
+    for p in points:
+        if p["method"] != "dense":
             by_method.setdefault(p["method"], []).append(p)
-        for method, pts in by_method.items():
-            colour = colours.get(method, "red")
-            pts = sorted(pts, key=lambda p: p["sparsity"])
-            coords = [to_px(p["output_tok_s"], math.log10(p["geomean_ppl"])) for p in pts]
-            if len(coords) > 1:
-                draw.line(coords, fill=colour, width=2)
-            for p, (px, py) in zip(pts, coords):
-                draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
-                label = "dense" if method == "dense" else f"{method} {p['sparsity']:.0%}"
-                draw.text((px + 8, py - 14), label, fill=colour)
+    colours = {"olica": "C0", "wanda-sp": "C3", "magnitude": "C2"}
+    for method, pts in by_method.items():
+        pts = ([dense] if dense else []) + sorted(pts, key=lambda p: p["sparsity"])
+        colour = colours.get(method, "C4")
+        ax.plot([p["output_tok_s"] for p in pts], [p["geomean_ppl"] for p in pts], color=colour, marker="o",
+                lw=1.8, label=method, zorder=2)
+        for p in pts[1:] if dense else pts:
+            ax.annotate(f"{p['sparsity']:.0%}", (p["output_tok_s"], p["geomean_ppl"]), xytext=(6, 4),
+                        textcoords="offset points", color=colour, fontsize="small")
+    if dense:
+        ax.plot([dense["output_tok_s"]], [dense["geomean_ppl"]], color="black", marker="*", ms=16, ls="none",
+                label="dense (reference)", zorder=3)
+        ax.axhline(dense["geomean_ppl"], color="black", ls=":", lw=1, zorder=1)
+        ax.axvline(dense["output_tok_s"], color="black", ls=":", lw=1, zorder=1)
+        ax.annotate(f"dense: {dense['geomean_ppl']:.1f}, {dense['output_tok_s']:.0f} tok/s",
+                    (dense["output_tok_s"], dense["geomean_ppl"]), xytext=(8, -14), textcoords="offset points",
+                    fontsize="small")
+    if points:
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        if hi / lo < 3:  # under half a decade: round linear steps (on the log axis), plain numbers
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:  # matplotlib's log ticks (decades, labelled subdivisions when few), as plain numbers
+            ax.yaxis.set_major_formatter(LogFormatter())
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+        ax.legend(title="pruning method (labels: sparsity)", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no speed measurements yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    st = result.get("settings", {})
+    load = (f": {st['input_len']} in / {st['output_len']} out, concurrency {st['concurrency']}"
+            if {"input_len", "output_len", "concurrency"} <= set(st) else "")
+    ax.set_xlabel(f"output tokens/s (vllm bench serve{load})")
+    ax.set_ylabel("perplexity, geometric mean over report domains (log scale)")
+    ax.set_title(f"olica sweep: {result['model']} (lower right is better)")
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.15)
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        FigureCanvasAgg(fig).print_png(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path, max_chunks: int = 20,
-          seq_len: int = 128, speed: bool = True, speed_prompts: int = 32, input_len: int = 128,
-          output_len: int = 64, repeats: int = 2, eager: bool = False, dtype: str = "bfloat16",
+          seq_len: int = 128, speed: bool = True, concurrency: int = 32, input_len: int = 128,
+          output_len: int = 64, eager: bool = False, dtype: str = "bfloat16",
           keep: bool = True, prune_overrides: dict | None = None, progress: bool = True) -> dict:
     from . import suite
     from ..method.pruner import PruneConfig, prune
@@ -148,7 +155,8 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
     src = resolve_model(model)
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / "sweep.json"
-    settings = dict(model=model, max_chunks=max_chunks, seq_len=seq_len, speed=speed, speed_prompts=speed_prompts,
+    settings = dict(model=model, max_chunks=max_chunks, seq_len=seq_len, speed=speed,
+                    speed_tool="vllm bench serve" if speed else None, concurrency=concurrency,
                     input_len=input_len, output_len=output_len, eager=eager, dtype=dtype,
                     prune_overrides=prune_overrides or {})
     result = {"settings": settings, "model": model, "points": []}
@@ -163,6 +171,7 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
 
     result["commit"] = commit_hash(mark_dirty=True, fallback=f"olica {__version__} (no git)")
     todo = [("dense", 0.0)] + [(m, sp) for sp in sparsities for m in methods]
+    charts = speed and charts_available(warn=True)
     done = {(p["method"], p["sparsity"]) for p in result["points"]}
     chunks = None
     bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="olica sweep", unit="point",
@@ -188,14 +197,15 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
         point.update(measure_quality(ckpt, chunks))
         if speed:
             bar.set_postfix_str(f"vLLM speed {method} {sp:.0%}")
-            point.update(measure_speed(ckpt, prompts=speed_prompts, input_len=input_len, output_len=output_len,
-                                       repeats=repeats, eager=eager, dtype=dtype))
+            point.update(measure_serving(ckpt, name="dense" if method == "dense" else f"{method}-{sp:g}",
+                                         tokenizer=src, concurrency=concurrency, input_len=input_len,
+                                         output_len=output_len, eager=eager, dtype=dtype, workdir=out / "logs"))
         point["seconds"] = round(time.perf_counter() - t0, 1)
         if method != "dense" and not keep:
             shutil.rmtree(ckpt, ignore_errors=True)
         result["points"].append(point)
         _save(result, result_file)
-        if speed:
+        if charts:
             chart(result, out / "sweep.png")
         bar.update(1)
     bar.close()
@@ -205,7 +215,7 @@ def sweep(model: str, *, sparsities: list[float], methods: list[str], out: Path,
             p["speedup"] = round(p["output_tok_s"] / dense["output_tok_s"], 3)
         p["ppl_ratio"] = round(p["geomean_ppl"] / dense["geomean_ppl"], 3)
     _save(result, result_file)
-    if speed:
+    if charts:
         chart(result, out / "sweep.png")
     return result
 
@@ -224,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", "-o", default="runs/sweep", help="directory for sweep.json, sweep.png, checkpoints")
     ap.add_argument("--max-chunks", type=int, default=20, help="128-token chunks per report domain")
     ap.add_argument("--no-speed", dest="speed", action="store_false", help="perplexity only (no vLLM)")
-    ap.add_argument("--speed-prompts", type=int, default=32)
+    ap.add_argument("--concurrency", "--speed-prompts", dest="concurrency", type=int, default=32,
+                    help="requests in flight while vllm bench serve measures tokens/s (one request per slot, "
+                         "at least 8)")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--enforce-eager", action="store_true", help="time vLLM in eager mode (default: compiled)")
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                                        num_samples=args.num_samples).items() if v is not None}
     try:
         result = sweep(args.model, sparsities=sparsities, methods=methods, out=Path(args.output),
-                       max_chunks=args.max_chunks, speed=args.speed, speed_prompts=args.speed_prompts,
+                       max_chunks=args.max_chunks, speed=args.speed, concurrency=args.concurrency,
                        input_len=args.input_len, output_len=args.output_len, eager=args.enforce_eager,
                        dtype=args.dtype, keep=args.keep, prune_overrides=overrides, progress=not args.quiet)
     except ValueError as exc:
@@ -261,5 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         name = "dense" if p["method"] == "dense" else f"{p['method']} {p['sparsity']:.0%}"
         print(f"{name:<18} {p['geomean_ppl']:>14.2f} {p['ppl_ratio']:>8.2f} "
               f"{p.get('output_tok_s', float('nan')):>8.1f} {p.get('speedup', float('nan')):>9.3f}")
-    print(f"wrote {Path(args.output) / 'sweep.json'}" + (f" and {Path(args.output) / 'sweep.png'}" if args.speed else ""))
+    png = args.speed and charts_available()
+    print(f"wrote {Path(args.output) / 'sweep.json'}" + (f" and {Path(args.output) / 'sweep.png'}" if png else ""))
     return 0
