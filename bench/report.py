@@ -1232,7 +1232,7 @@ def gap(d):
 
 def throughput(d):
     st = d["settings"]
-    o = [f"`python bench/throughput.py --pruned ...`: {st['num_prompts']} prompts × {st['input_len']} in / "
+    o = [f"Offline engine (a measurer since replaced by `bench/serving.py`; this file predates it): {st['num_prompts']} prompts × {st['input_len']} in / "
          f"{st['output_len']} out, {'eager' if st['enforce_eager'] else 'default compiled'} mode, "
          f"{st['repeats']} round; the Olica checkpoint is `{d['models']['olica']['path']}`.", ""]
     trs = []
