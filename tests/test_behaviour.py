@@ -66,11 +66,13 @@ def test_sets_ship_as_package_data():
     import tomllib
     from pathlib import Path
 
-    root = Path(B.__file__).resolve().parents[1]
-    cfg = tomllib.loads((root / "pyproject.toml").read_text())
+    import olica_prune
+
+    package = Path(olica_prune.__file__).resolve().parent
+    cfg = tomllib.loads((package.parent / "pyproject.toml").read_text())
     assert "data/*.jsonl" in cfg["tool"]["setuptools"]["package-data"]["olica_prune"]
     for name in (B.CHAT_FILE, B.MC_FILE):
-        assert (Path(B.__file__).parent / "data" / name).is_file()
+        assert (package / "data" / name).is_file()
 
 
 def test_subset_is_round_robin_over_categories():

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from . import suite
 
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # olica_prune/data: the package's shipped sets
+
 DOC_CHARS = 4000  # characters per perplexity document (cut at a line break)
 
 
@@ -64,7 +66,7 @@ def write_tasks(out: str | Path, *, domains: tuple[str, ...] | None = None, doc_
     out.mkdir(parents=True, exist_ok=True)
     names = []
     mc_data = out / "olica_mc.jsonl"
-    shutil.copyfile(Path(__file__).parent / "data" / "mc_eval.jsonl", mc_data)
+    shutil.copyfile(DATA_DIR / "mc_eval.jsonl", mc_data)
     (out / "olica_mc.yaml").write_text(_yaml({
         "task": "olica_mc",
         "dataset_path": "json",

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]  # olica_prune/io/ -> the source tree
 
 
 def commit_hash(*, mark_dirty: bool = False, fallback: str = "unknown") -> str:
