@@ -111,8 +111,8 @@ def input_moments(model, ids: torch.Tensor, *, batch_size: int = 8) -> list[dict
         for mod, key in ((layer.self_attn.o_proj, "attn"), (layer.mlp.down_proj, "mlp")):
             handles.append(mod.register_forward_pre_hook(lambda _m, args, m=st[key]: m.add(args[0])))
     try:
-        for start in range(0, len(ids), batch_size):
-            model(input_ids=ids[start:start + batch_size].to(device), use_cache=False)
+        for start in range(0, len(ids), batch_size):  # the decoder alone: no logits needed
+            model.model(input_ids=ids[start:start + batch_size].to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
