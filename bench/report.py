@@ -667,7 +667,8 @@ def sec_recovery(R: Results) -> list[str]:
         o = [f"One evaluator run ({len(doms)} report domains, {q['max_chunks']} chunks of {seq} tokens each) over "
              "checkpoints made by `bench/dev_recover.py`: the default prune, then `olica recover` from it on "
              "self-sampled text (the last sequences held out). The settings were chosen on the dev domains "
-             "before these rows were computed; recovery stays opt-in (`--recover`) for its cost.", ""]
+             "before these rows were computed. Recovery is on by default in `olica prune` since it won on dev at 10, 20 "
+             "and 30 % (`--no-recover` skips it).", ""]
         header = ["checkpoint", "params fitted", "lr", "sequences", "dev ratio", "report geomean", "× dense",
                   "top-1", "held-out KL before → after", "fit + eval s"]
         trs = []
@@ -1479,7 +1480,7 @@ def default_config(q):
     rk = next((k for k, r in q["rows"].items() if r.get("recovery")), None)
     if rk:
         rc = q["rows"][rk]["recovery"]["config"]
-        out.append("Recovery (`--recover`, opt-in), as recorded by row `" + rk + "`: " +
+        out.append("Recovery (on by default, `--no-recover` skips it), as recorded by row `" + rk + "`: " +
                    ", ".join(f"`{k}={v}`" for k, v in rc.items() if k in ("params", "lr", "num_samples", "heldout",
                                                                        "epochs", "batch_size", "patience")) +
                    "; chosen on dev ([recovery variants](#recovery-variants-on-the-dev-domains)).")
@@ -1907,6 +1908,70 @@ README_BLOCKS = {
 }
 
 
+# ----------------------------------------------------------------------------------------------- peers
+
+
+PEER_ORDER = ["olica", "flap", "slicegpt"]
+
+
+def peer_table(d) -> list[str]:
+    """One peer file: every method and sparsity, per report domain, beside dense."""
+    doms = domains_of(d)
+    dense = d["dense"]
+    g = f"geomean_{SEQ}"
+    header = ["sparsity", "method", "params removed"] + doms + ["geomean", "× dense", "top-1", "commit"]
+    trs = [["0 %", "dense", "—", *[ppl(qppl(dense, dm)) for dm in doms], f"**{ppl(dense[g])}**", "1", "1", "—"]]
+    rows = sorted(d["rows"], key=lambda r: (r["sparsity"], PEER_ORDER.index(r["method"])
+                                            if r["method"] in PEER_ORDER else len(PEER_ORDER)))
+    for r in rows:
+        method = r["method"]
+        if method == "slicegpt" and "peer" in r:
+            method += f" (slicing {pct(r['peer']['slicing'], 0)})"
+        trs.append([spct(r["sparsity"]), method, pct(r.get("achieved"), 1),
+                    *[ppl(qppl(r, dm)) for dm in doms], f"**{ppl(r[g])}**", xr(r[g] / dense[g]),
+                    f3(r.get("agreement")), short(r.get("commit"))])
+    return table(header, trs, right=set(range(2, len(header) - 1)))
+
+
+def peer_summary(d) -> str:
+    """Where Olica stands against each peer at the sparsities both were run at."""
+    doms = domains_of(d)
+    olica = {r["sparsity"]: r for r in d["rows"] if r["method"] == "olica"}
+    parts = []
+    for r in d["rows"]:
+        o = olica.get(r["sparsity"])
+        if r["method"] == "olica" or o is None:
+            continue
+        wins = sum(qppl(o, dm) < qppl(r, dm) for dm in doms)
+        parts.append(f"at {spct(r['sparsity'])} Olica is lower than {r['method']} on {wins} of {len(doms)} "
+                     f"domains ({ppl(o[f'geomean_{SEQ}'])} against {ppl(r[f'geomean_{SEQ}'])})")
+    missing = sorted({r["sparsity"] for r in d["rows"] if r["method"] != "olica"} - set(olica))
+    text = ("; ".join(parts) + ".") if parts else "No sparsity has both an Olica row and a peer row yet."
+    if missing:
+        text += f" No Olica row in this file at {listing([spct(s) for s in missing])}."
+    return text[0].upper() + text[1:]
+
+
+def sec_peers(R: Results) -> list[str]:
+    out = ["FLAP (`bench/peers/flap.py`) and SliceGPT (`bench/peers/slicegpt.py`), written for this bench from "
+           "their papers, pruned in memory from the same self-sampled calibration windows as Olica and scored by "
+           "the same evaluator on the report domains. `params removed` counts every parameter (a tied matrix "
+           "once), as Olica does; SliceGPT's slicing fraction of the hidden size is larger than the parameter "
+           "fraction it removes. Nothing here was tuned on these rows.", ""]
+    for f in ("quality_peers.json", "quality_peers_qwen.json"):
+        def body(d, f=f):
+            o = [f"**{d.get('model', '?')}** (calibration: {d.get('calibration', '?')}; {d.get('device', '?')}):",
+                 ""]
+            o += peer_table(d)
+            o.append(peer_summary(d))
+            o.append("")
+            o.append(source((f, commits_of(d, d["rows"]))))
+            o.append("")
+            return o
+        out += block(R, [f], body)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- assembly
 
 
@@ -1919,6 +1984,7 @@ SECTIONS = [
     ("Behaviour — chat exact-match and multiple choice", sec_behaviour),
     ("Recovery — SmolLM2-135M at 20 %", sec_recovery),
     ("Quality — Qwen2.5-Coder-0.5B-Instruct", sec_qwen),
+    ("Peers — FLAP and SliceGPT", sec_peers),
     ("Pruning cost", sec_cost),
     ("Serving speed", sec_serving),
     ("KV cache", sec_kv),

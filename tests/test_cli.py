@@ -28,7 +28,7 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["prune", str(dense_dir), "--sparsity", "0.1", "--output", str(out), "--align", "8",
                  "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet",
-                 "--sampler", "transformers"])
+                 "--sampler", "transformers", "--no-recover"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "sparsity" in printed and f"wrote {out}" in printed
@@ -44,7 +44,7 @@ def test_prune_command_writes_a_checkpoint(dense_dir, tmp_path, capsys):
     small = tmp_path / "small-shards"
     assert main(["prune", str(dense_dir), "--sparsity", "0.1", "--output", str(small), "--align", "8",
                  "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--max-shard-gb", "0.005",
-                 "--sampler", "transformers"]) == 0
+                 "--sampler", "transformers", "--no-recover"]) == 0
     shards = sorted(small.glob("*.safetensors"))
     assert len(shards) > 1 and (small / "model.safetensors.index.json").is_file()
     whole, split = _tensors(out), _tensors(small)
@@ -74,7 +74,7 @@ def _tensors(ckpt):
 )
 def test_bad_input_gives_one_clear_line(dense_dir, tmp_path, capsys, args, message):
     out = tmp_path / "never"
-    code = main(["prune", str(dense_dir), "--output", str(out), "--align", "8", "--v-align", "4", "--quiet", *args])
+    code = main(["prune", str(dense_dir), "--output", str(out), "--align", "8", "--v-align", "4", "--quiet", "--no-recover", *args])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("olica: error:") and message in err

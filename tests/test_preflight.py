@@ -18,7 +18,8 @@ from olica_prune.cli import main
 from tinymodels import random_dense_model, save_model_checkpoint, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--align", "8", "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--sampler", "transformers"]
+FAST = ["--align", "8", "--v-align", "4", "--num-samples", "16", "--seq-len", "64", "--quiet", "--sampler", "transformers",
+        "--no-recover"]
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,52 @@ def test_recover_refuses_a_dense_checkpoint(pruned, tmp_path):
     dense, _ = pruned
     with pytest.raises(RecoveryError, match="not an Olica checkpoint"):
         recover(dense, output=tmp_path / "x", reference=str(dense), progress=False)
+
+
+def test_prune_and_recover_sample_the_self_text_once(pruned, tmp_path, monkeypatch):
+    """With both on ``self``, one sampling run serves both: the prune gets its first rows."""
+    import olica_prune.method.pruner as pr
+    import olica_prune.method.recover as rec
+
+    dense, _ = pruned
+    stream = _ids(48, 9)
+    asked = []
+    monkeypatch.setattr(pr, "_self_ids", lambda src, config, num_samples, **k: asked.append(num_samples)
+                        or stream[:num_samples])
+    monkeypatch.setattr(pr.preflight, "check_tokenizer", lambda src: None)  # the tiny model has none
+    monkeypatch.setattr(rec, "_calibration", lambda *a, **k: pytest.fail("recovery sampled a second time"))
+    seen = {}
+    real_recover = rec.recover
+
+    def spy(*a, calibration_ids=None, **k):
+        seen["recover_ids"] = calibration_ids
+        return real_recover(*a, calibration_ids=calibration_ids, **k)
+
+    monkeypatch.setattr(rec, "recover", spy)
+    report = prune(str(dense), output=tmp_path / "out", progress=False,
+                   config=PruneConfig(sparsity=0.25, align=8, v_align=8, num_samples=40, seq_len=SEQ),
+                   recover=RecoverConfig(params="norms", **{**FAST, "num_samples": 48}))
+    assert asked == [48]
+    assert torch.equal(seen["recover_ids"], stream)
+    assert report["recovery"]["tokens"]["train"] == (48 - FAST["heldout"]) * SEQ
+    spec = json.loads((tmp_path / "out" / "config.json").read_text())["olica"]
+    assert spec["calibration"] == {"dataset": "self", "num_samples": 40, "seq_len": SEQ, "seed": 0}
+
+
+@pytest.mark.parametrize("args, recovers", [
+    ([], True),  # the default (chosen on dev at 10/20/30 %)
+    (["--no-recover"], False),
+    (["--preset", "paper"], False),  # the paper's retraining-free method
+    (["--preset", "paper", "--recover"], True),
+    (["--method", "wanda-sp"], False),  # baselines stay as published
+])
+def test_cli_recovers_by_default(monkeypatch, tmp_path, args, recovers):
+    import olica_prune.method.pruner as pr
+
+    seen = []
+    monkeypatch.setattr(pr, "prune", lambda model, *, recover, **kw: seen.append(recover) or {})
+    monkeypatch.setattr(pr, "summary_line", lambda report: "")
+    assert main(["prune", "m", "--sparsity", "0.2", "--output", str(tmp_path / "x"), *args]) == 0
+    assert (seen[0] is not None) == recovers
+    if recovers:
+        assert seen[0] == RecoverConfig()  # the CLI's defaults are the library's

@@ -319,15 +319,39 @@ def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwri
     from .recover import recover
 
     check_output_path(output, overwrite=overwrite)
+    recover_ids = None
+    if calibration_ids is None and _same_self_stream(config, recover_config):
+        source = _open_source(model, output, config, check_tokenizer=True)  # bad input fails before sampling
+        _branch_layer_count(source.dims, config, config.num_samples * config.seq_len)
+        recover_ids = _self_ids(source.path, config, max(config.num_samples, recover_config.num_samples),
+                                progress=progress)
+        calibration_ids = recover_ids[:config.num_samples]
+        recover_ids = recover_ids[:recover_config.num_samples]
     stage = output.resolve().parent / f".{output.name}.partial-{os.getpid()}-unrecovered"
     try:
         report = prune(model, output=stage, config=config, overwrite=True, progress=progress,
                        calibration_ids=calibration_ids, layer_specs=layer_specs)
         report["recovery"] = recover(stage, output=output, reference=model, config=recover_config,
-                                     overwrite=overwrite, progress=progress)
+                                     overwrite=overwrite, progress=progress, calibration_ids=recover_ids)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+def _same_self_stream(config: PruneConfig, recover_config) -> bool:
+    """Prune and recovery both calibrate on the model's own text, sampled the same way: the
+    prune's windows are then the first rows of the recovery's, and one sampling run serves both."""
+    return (config.dataset == recover_config.dataset == "self" and config.seq_len == recover_config.seq_len
+            and config.seed == recover_config.seed and config.sampler == recover_config.sampler)
+
+
+def _self_ids(src: Path, config: PruneConfig, num_samples: int, *, progress: bool) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    return calibration_mix(src, tokenizer, "self", num_samples=num_samples, seq_len=config.seq_len,
+                           seed=config.seed, device=preflight.parse_device(config.device), progress=progress,
+                           sampler=config.sampler)
 
 
 def calibration_mix(src, tokenizer, dataset: str, *, num_samples: int, seq_len: int, seed: int, device,

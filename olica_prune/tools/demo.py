@@ -112,7 +112,8 @@ def prune_step(args, cfg, ids, out: Path) -> None:
     if out.exists() and is_olica_checkpoint(out) and not args.overwrite:
         print(f"[2/4] using the existing Olica checkpoint {out} (--overwrite to prune again)")
         return
-    print(f"[2/4] pruning {args.model} by {args.sparsity:.0%} -> {out}")
+    print(f"[2/4] pruning {args.model} by {args.sparsity:.0%} -> {out} (retraining-free only: the demo skips "
+          "the end-to-end recovery `olica prune` runs by default, ~10 more minutes here)")
     report = prune(args.model, output=out, config=cfg, calibration_ids=ids, overwrite=True)
     print("      " + summary_line(report))
 
