@@ -57,6 +57,8 @@ METHODS = {
     # Retraining-free peers (bench/peers): in-memory models, scored the same way
     "flap": dict(method="flap"),
     "slicegpt": dict(method="slicegpt"),
+    # Diagnostic: SliceGPT at the same slicing with the authors' untied, full-width head (more parameters)
+    "slicegpt-untied": dict(method="slicegpt", head="untied"),
 }
 ABLATION = {
     # The defaults with one thing changed.
@@ -234,8 +236,9 @@ def main() -> None:
             overrides = dict(overrides)
             ids = calibration_for(overrides.pop("dataset", cal_source))
             if overrides["method"] in PEERS:  # FLAP / SliceGPT: an in-memory model, no checkpoint
-                model, rep = PEERS[overrides["method"]](src, sparsity=sparsity, calibration_ids=ids,
-                                                        device=args.device)
+                method = overrides.pop("method")
+                model, rep = PEERS[method](src, sparsity=sparsity, calibration_ids=ids, device=args.device,
+                                           **overrides)
             else:
                 rep = prune(str(src), output=out, overwrite=True, calibration_ids=ids, progress=False,
                             config=PruneConfig(sparsity=sparsity, device=args.device, **overrides))

