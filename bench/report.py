@@ -631,7 +631,7 @@ def sec_behaviour(R: Results) -> list[str]:
                        f"and little of its instruction following: chat exact-match {f3(dk['chat_exact_match'])} "
                        f"dense, {f3(o['chat_exact_match'])} with the defaults; the kl allocation moved it from "
                        f"{f3(u['chat_exact_match'])} (uniform), but neither closes the gap "
-                       "([recovery](#recovery--smollm2-135m-at-20-) narrows it further).")
+                       "([recovery](#recovery--the-end-to-end-fit-to-the-dense-model) narrows it further).")
         out.append("")
         return out
 
@@ -655,57 +655,114 @@ def _dev_match(dev_rows, qrow):
     return None
 
 
+def recovery_rows_table(q, dev) -> list[str]:
+    """One quality_checkpoints file: every checkpoint, what recovery fitted, dev and report ratios."""
+    doms = q["report_domains"]
+    g = f"geomean_{q.get('seq_len', SEQ)}"
+    rows = q["rows"]
+    dense = rows["dense"]
+    header = ["checkpoint", "params fitted", "lr", "sequences", "dev ratio", "report geomean", "× dense",
+              "top-1", "held-out KL before → after", "fit + eval s"]
+    trs = []
+    for key, r in rows.items():
+        rec = r.get("recovery")
+        dv = _dev_match(dev["rows"], r) if key != "dense" else None
+        trs.append([
+            key,
+            rec["config"]["params"] if rec else "—",
+            f"{rec['config']['lr']:g}" if rec else "—",
+            rec["config"]["num_samples"] if rec else "—",
+            f3(dv["geomean_ratio_to_dense"]) if dv else ("1" if key == "dense" else "—"),
+            ppl(r[g]), xf(r[g] / dense[g]), f3(r.get("agreement")),
+            f"{rec['heldout_kl']['before']:.3f} → {rec['heldout_kl']['after']:.3f}" if rec else "—",
+            f"{rec['timings']['total_s']:.0f}" if rec else "—",
+        ])
+    return table(header, trs, right=set(range(2, len(header))))
+
+
+def recovery_gains(q) -> str:
+    """Per recovered checkpoint: the report gain over the un-recovered prune of the same sparsity."""
+    doms = q["report_domains"]
+    seq = str(q.get("seq_len", SEQ))
+    g = f"geomean_{seq}"
+    rows = q["rows"]
+    dense = rows["dense"]
+    target = (lambda r: r.get("sparsity", {}).get("target"))
+    parts, last, n = [], 0, 0
+    for key, r in rows.items():
+        if not r.get("recovery"):
+            continue
+        base = next((b for b in rows.values() if not b.get("recovery") and "sparsity" in b
+                     and target(b) == target(r)), None)
+        if base is None:
+            continue
+        n += 1
+        last += r["recovery"]["best_step"] == r["recovery"]["steps"]
+        better = sum(qppl(r, dm, seq) < qppl(base, dm, seq) for dm in doms)
+        parts.append(f"`{key}` {pct(1 - r[g] / base[g])} lower than without recovery ({xf(base[g] / dense[g])} → "
+                     f"{xf(r[g] / dense[g])} dense; better on {better} of {len(doms)} domains)")
+    if not parts:
+        return ""
+    return (listing(parts) + f". The best held-out step was the last one in {last} of {n} runs: the held-out KL "
+            "was still falling, so more sampled tokens buy more, at the cost in the last column.")
+
+
+def worst_domain_ratio(q, key: str) -> tuple[str, float]:
+    seq = str(q.get("seq_len", SEQ))
+    r, dense = q["rows"][key], q["rows"]["dense"]
+    return max(((dm, qppl(r, dm, seq) / qppl(dense, dm, seq)) for dm in q["report_domains"]), key=lambda x: x[1])
+
+
 def sec_recovery(R: Results) -> list[str]:
     out = []
 
     def body(q, dev):
-        doms = q["report_domains"]
         seq = str(q.get("seq_len", SEQ))
-        g = f"geomean_{seq}"
-        rows = q["rows"]
-        dense = rows["dense"]
-        o = [f"One evaluator run ({len(doms)} report domains, {q['max_chunks']} chunks of {seq} tokens each) over "
-             "checkpoints made by `bench/dev_recover.py`: the default prune, then `olica recover` from it on "
-             "self-sampled text (the last sequences held out). The settings were chosen on the dev domains "
-             "before these rows were computed. Recovery is on by default in `olica prune` since it won on dev at 10, 20 "
-             "and 30 % (`--no-recover` skips it).", ""]
-        header = ["checkpoint", "params fitted", "lr", "sequences", "dev ratio", "report geomean", "× dense",
-                  "top-1", "held-out KL before → after", "fit + eval s"]
-        trs = []
-        for key, r in rows.items():
-            rec = r.get("recovery")
-            dv = _dev_match(dev["rows"], r) if key != "dense" else None
-            trs.append([
-                key,
-                rec["config"]["params"] if rec else "—",
-                f"{rec['config']['lr']:g}" if rec else "—",
-                rec["config"]["num_samples"] if rec else "—",
-                f3(dv["geomean_ratio_to_dense"]) if dv else ("1" if key == "dense" else "—"),
-                ppl(r[g]), xf(r[g] / dense[g]), f3(r.get("agreement")),
-                f"{rec['heldout_kl']['before']:.3f} → {rec['heldout_kl']['after']:.3f}" if rec else "—",
-                f"{rec['timings']['total_s']:.0f}" if rec else "—",
-            ])
-        o += table(header, trs, right=set(range(2, len(header))))
-        o.append(source(("quality_recover.json", commits_of(q)), ("dev/recover_smol20.json", commits_of(dev, dev["rows"]))))
+        o = [f"One evaluator run per table ({len(q['report_domains'])} report domains, {q['max_chunks']} chunks "
+             f"of {seq} tokens each) over checkpoints made by `bench/dev_recover.py`: the default prune, then "
+             "`olica recover` from it on self-sampled text (the last sequences held out). The settings were "
+             "chosen on the dev domains before these rows were computed. Recovery is on by default in `olica "
+             "prune` since it won on dev at 10, 20 and 30 % (`--no-recover` skips it).", ""]
+        o += recovery_rows_table(q, dev)
+        o.append(source(("quality_recover.json", commits_of(q)), ("dev/recover_smol20.json",
+                                                                   commits_of(dev, dev["rows"]))))
         o.append("")
-        base = next((r for r in rows.values() if "sparsity" in r and not r.get("recovery")), None)
-        recs = [(k, r) for k, r in rows.items() if r.get("recovery")]
-        if base and recs:
-            gains = [1 - r[g] / base[g] for _, r in recs]
-            improved = [sum(qppl(r, dm, seq) < qppl(base, dm, seq) for dm in doms) for _, r in recs]
-            last = sum(r["recovery"]["best_step"] == r["recovery"]["steps"] for _, r in recs)
-            best = min((r[g] / dense[g] for _, r in recs))
-            rng = (lambda a, b, f: f(a) if f(a) == f(b) else f"{f(a)}–{f(b)}")
-            o.append(f"Recovery lowers the report geometric mean by {rng(min(gains), max(gains), pct)} and improves "
-                     f"{rng(min(improved), max(improved), str)} of the {len(doms)} domains per run; the best run is "
-                     f"{xf(best)} dense, against the {xf(GOAL_RECOVER_X_DENSE)} it was built for "
-                     f"({'met' if best <= GOAL_RECOVER_X_DENSE else '**not met**'}). The best held-out step was the "
-                     f"last one in {last} of {len(recs)} runs: the held-out KL was still falling, so more sampled "
-                     "tokens buy more, at the cost in the last column.")
-            o.append("")
+        g = f"geomean_{seq}"
+        best = min(r[g] for r in q["rows"].values() if r.get("recovery")) / q["rows"]["dense"][g]
+        o.append(recovery_gains(q) + f" At 20 % the best run is {xf(best)} dense against the "
+                 f"{xf(GOAL_RECOVER_X_DENSE)} recovery was built for "
+                 f"({'met' if best <= GOAL_RECOVER_X_DENSE else '**not met**'}).")
+        o.append("")
         return o
 
     out += block(R, ["quality_recover.json", "dev/recover_smol20.json"], body)
+
+    def other_sparsities(q, dev):
+        o = ["The same at the other sparsities (default settings, 512 sequences):", ""]
+        o += recovery_rows_table(q, dev)
+        o.append(source(("quality_recover_10_30_50.json", commits_of(q)),
+                        ("dev/recover_smol_10_30_50.json", commits_of(dev, dev["rows"]))))
+        o.append("")
+        o += [recovery_gains(q), ""]
+        return o
+
+    out += block(R, ["quality_recover_10_30_50.json", "dev/recover_smol_10_30_50.json"], other_sparsities,
+                 optional=True)
+
+    def qwen(q, dev):
+        o = ["Qwen2.5-Coder-0.5B-Instruct at 20 % (default settings, 512 sequences):", ""]
+        o += recovery_rows_table(q, dev)
+        o.append(source(("quality_recover_qwen.json", commits_of(q)),
+                        ("dev/recover_qwen20.json", commits_of(dev, dev["rows"]))))
+        o.append("")
+        rec = next(k for k, r in q["rows"].items() if r.get("recovery"))
+        dm, worst = worst_domain_ratio(q, rec)
+        o += [recovery_gains(q) + f" Its worst report domain is {dm} at {xf(worst)} dense, against the "
+              f"{xf(GOAL_QWEN_X_DENSE)} on every domain it was built for "
+              f"({'met' if worst <= GOAL_QWEN_X_DENSE else '**not met**'}).", ""]
+        return o
+
+    out += block(R, ["quality_recover_qwen.json", "dev/recover_qwen20.json"], qwen, optional=True)
 
     def beh(d):
         o = ["Chat exact-match and multiple choice of the same checkpoints (vLLM, eager):", ""]
@@ -715,6 +772,15 @@ def sec_recovery(R: Results) -> list[str]:
         return o
 
     out += block(R, ["behaviour_recover.json"], beh)
+
+    def beh_other(d):
+        o = ["The same for the checkpoints at 10, 30 and 50 % (vLLM, eager):", ""]
+        o += behaviour_rows([("behaviour_recover_10_30_50.json", d)], cats=False)
+        o.append(source(("behaviour_recover_10_30_50.json", commits_of(d))))
+        o.append("")
+        return o
+
+    out += block(R, ["behaviour_recover_10_30_50.json"], beh_other, optional=True)
 
     def engine(dev12, rec):
         a = find(dev12["rows"], num_samples=128) or dev12["rows"][0]
@@ -728,7 +794,7 @@ def sec_recovery(R: Results) -> list[str]:
     out += block(R, ["dev/sweep12_calsize_smol.json", "dev/recover_smol20.json"], engine)
 
     out += ["### Recovery variants on the dev domains", ""]
-    for f in R.glob("dev/recover_smol*.json"):
+    for f in R.glob("dev/recover_*.json"):
         out += block(R, [f], lambda d, f=f: dev_recover_table(f, d))
     if not R.exists("dev/recover_smol_10_30_50.json"):
         out += ["_Recovery at 10, 30 and 50 % (`dev/recover_smol_10_30_50.json`): not present yet._", ""]
@@ -1108,6 +1174,13 @@ def serving_goals(d, key="olica-20"):
     return out
 
 
+def demo_run(d) -> list[str]:
+    """The README's first command, timed once."""
+    return [f"`olica demo` end to end ({d['command']}): {d['wall_s']:.0f} s wall on {d['machine']}. Its own "
+            "output, abridged:", "", "```", *d["stdout_summary"], "```", "",
+            source(("demo_run.json", commits_of(d))), ""]
+
+
 def sec_serving(R: Results) -> list[str]:
     out = []
 
@@ -1182,6 +1255,7 @@ def sec_serving(R: Results) -> list[str]:
         return o
 
     out += block(R, ["serving_qwen.json", "serving_qwen_kl.json"], qwen)
+    out += block(R, ["demo_run.json"], demo_run)
     return out
 
 
@@ -1969,7 +2043,32 @@ def sec_peers(R: Results) -> list[str]:
             o.append("")
             return o
         out += block(R, [f], body)
+    out += block(R, ["behaviour_peers.json"], peer_behaviour, optional=True)
+    out += block(R, ["model_check_qwen15.json"], model_check, optional=True)
     return out
+
+
+def peer_behaviour(d) -> list[str]:
+    o = [f"Chat exact-match ({d['chat_items']} items) and multiple choice ({d['mc_items']} items) of the same "
+         f"methods on {d['model']}, all scored in transformers ({d['dtype']}, greedy; vLLM cannot load the peers' "
+         "in-memory models), so these rows compare with each other, not digit for digit with the vLLM rows "
+         "elsewhere. Olica here is the retraining-free prune (no recovery), as the peers are.", ""]
+    trs = [[spct(r["sparsity"]) if r["method"] != "dense" else "0 %", r["method"], pct(r.get("achieved")),
+            f3(r["chat_exact_match"]), f3(r["mc_acc"]), f3(r["mc_acc_norm"])] for r in d["rows"]]
+    o += table(["sparsity", "method", "params removed", "chat exact-match", "MC acc", "MC acc_norm"], trs,
+               right={2, 3, 4, 5})
+    o.append(source(("behaviour_peers.json", commits_of(d))))
+    o.append("")
+    return o
+
+
+def model_check(d) -> list[str]:
+    dims = d["dims"]
+    return [f"The third model, `{d['model']}` (opt-in alias; joined GGUF sha256 `{d['sha256'][:12]}…`), resolves "
+            f"and loads: {dims['layers']} layers, hidden {dims['hidden']}, {dims['heads']} heads / "
+            f"{dims['kv_heads']} KV, FFN {dims['intermediate']}, {d['params'] / 1e9:.2f} B parameters; it answers "
+            f"{d['chat_n']} chat questions with exact-match {f3(d['chat_exact_match'])} (transformers, fp32). "
+            f"No pruned rows yet. " + source(("model_check_qwen15.json", commits_of(d))), ""]
 
 
 # ----------------------------------------------------------------------------------------------- assembly
@@ -1982,7 +2081,7 @@ SECTIONS = [
     ("Calibration size", sec_calsize),
     ("512-token context", sec_context512),
     ("Behaviour — chat exact-match and multiple choice", sec_behaviour),
-    ("Recovery — SmolLM2-135M at 20 %", sec_recovery),
+    ("Recovery — the end-to-end fit to the dense model", sec_recovery),
     ("Quality — Qwen2.5-Coder-0.5B-Instruct", sec_qwen),
     ("Peers — FLAP and SliceGPT", sec_peers),
     ("Pruning cost", sec_cost),

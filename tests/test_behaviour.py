@@ -392,3 +392,33 @@ def test_behaviour_end_to_end_through_vllm(tmp_path):
             spread = max(spread, max(ref) - min(ref))
     assert spread > 1.0, "choices barely differ: the comparison would not catch a wrong boundary"
     print(f"max |ll(vLLM) - ll(transformers)| {worst:.2e} over {sum(map(len, requests))} choices")
+    # the in-memory scorer (the bench's peers) reads the same log-likelihoods
+    hf = B.mc_accuracy_hf(model, tok, mc_items)
+    for row, hrow in zip(mc["items"], hf["items"], strict=True):
+        assert all(abs(a - b) <= LL_ATOL for a, b in zip(row["loglikelihoods"], hrow["loglikelihoods"], strict=True))
+    assert (hf["n"], [r["label"] for r in hf["items"]]) == (9, [r["label"] for r in mc["items"]])
+
+
+def test_chat_exact_match_hf_is_greedy_decoding_through_the_chat_template(tmp_path):
+    """The in-memory chat scorer equals a plain greedy loop (full recompute, no cache) over the
+    chat template's prompt, stopping at EOS."""
+    from transformers import AutoTokenizer
+
+    from olica_prune.model.modeling import load_causal_lm
+
+    ckpt = tiny_checkpoint_with_real_tokenizer(tmp_path / "tiny")
+    model, tok = load_causal_lm(ckpt), AutoTokenizer.from_pretrained(str(ckpt))
+    items = subset(load_chat_set(), 4)
+    got = B.chat_exact_match_hf(model, tok, items, max_tokens=5)
+    for it, row in zip(items, got["items"], strict=True):
+        ids = list(tok.apply_chat_template([{"role": "user", "content": it["prompt"]}], add_generation_prompt=True,
+                                           return_dict=True)["input_ids"])
+        new = []
+        with torch.no_grad():
+            for _ in range(5):
+                nxt = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                new.append(nxt)
+        assert row["response"] == tok.decode(new, skip_special_tokens=True)
+    assert got["n"] == 4 and any(r["response"] for r in got["items"])

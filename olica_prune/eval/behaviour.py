@@ -324,6 +324,44 @@ def mc_accuracy_openai(client, model: str, tokenizer, items: Sequence[dict], *,
     return score_mc(items, _regroup(lls, requests))
 
 
+# ---------------------------------------------------------------------------- in-memory models
+
+
+def chat_exact_match_hf(model, tokenizer, items: Sequence[dict], *, max_tokens: int = 16) -> dict[str, Any]:
+    """:func:`chat_exact_match` on an in-memory transformers model (models vLLM cannot load, such as
+    the bench's peers): greedy, the chat template, one prompt at a time (no padding to differ)."""
+    import torch
+
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    responses = []
+    with torch.no_grad():
+        for it in items:
+            ids = tokenizer.apply_chat_template(_messages(it), add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"].to(device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 do_sample=False, pad_token_id=eos)
+            responses.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return score_chat(items, responses)
+
+
+def mc_accuracy_hf(model, tokenizer, items: Sequence[dict]) -> dict[str, Any]:
+    """:func:`mc_accuracy` on an in-memory transformers model: the same requests
+    (:func:`mc_requests`), each choice's log-likelihood summed from the model's logits."""
+    import torch
+
+    device = next(model.parameters()).device
+    requests = mc_requests(tokenizer, items)
+    lls = []
+    with torch.no_grad():
+        for ids, split in (r for reqs in requests for r in reqs):
+            x = torch.tensor([ids], device=device)
+            logp = torch.log_softmax(model(input_ids=x).logits[0].float(), dim=-1)
+            # position i - 1 predicts token i
+            lls.append(float(logp[torch.arange(split - 1, len(ids) - 1), x[0, split:]].sum()))
+    return score_mc(items, _regroup(lls, requests))
+
+
 # ---------------------------------------------------------------------------- engines
 
 
