@@ -2,7 +2,9 @@
 # The GPU rows of issue 7, in one go on a machine with CUDA and torch (no vLLM needed):
 #   1. CPU vs CUDA agreement of the default prune (bench/device_agreement.py);
 #   2. the cost of the default prune of the 1.1B- and 7B-shaped random models on CUDA
-#      (bench/prune_cost.py --device cuda).
+#      (bench/prune_cost.py --device cuda);
+#   3. prefill and static-cache decode speed, 7B-shaped dense vs Olica 20 %, batch 1/16/64
+#      (bench/gpu_decode.py).
 # Results go to $OUT (default /tmp/olica-gpu); copy them to bench/results/ to publish.
 # On a copy of the tree without .git, set OLICA_COMMIT to the commit it was copied from.
 set -u
@@ -30,3 +32,5 @@ $PY bench/device_agreement.py --out "$OUT/device_agreement.json"
 echo "device_agreement exit $?"
 $PY bench/prune_cost.py --device cuda --models random_1b random_7b --out "$OUT/prune_cost_cuda.json"
 echo "prune_cost exit $?"
+$PY bench/gpu_decode.py --model random_7b --device cuda --out "$OUT/gpu_decode.json"
+echo "gpu_decode exit $?"

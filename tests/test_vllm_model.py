@@ -75,6 +75,7 @@ CASES = {
     )),
 }
 TP_CASE = "qwen2-bias-tied-mqa"
+PP_CASE = "llama-gqa"
 
 
 def scale_weights(model: torch.nn.Module, *, seed: int) -> torch.nn.Module:
@@ -131,19 +132,26 @@ def transformers_greedy(path: Path) -> Run:
     return out
 
 
-def vllm_greedy(path: Path, *, tp: int = 1, dtype: str = "float32", quantization: str | None = None) -> Run:
-    """Start one engine, decode every prompt greedily, shut the engine down."""
+def vllm_greedy(path: Path, *, tp: int = 1, pp: int = 1, dtype: str = "float32",
+                quantization: str | None = None) -> Run:
+    """Start one engine, decode every prompt greedily, shut the engine down.
+
+    Eager mode, except with ``pp`` > 1: vLLM 0.32's CPU pipeline parallelism fails in eager mode
+    (deploy/pipeline-parallel.md) and runs with a dynamo trace and the eager backend (mode 2),
+    which needs no C++ compiler."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    if tp > 1:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(tp))
+    if tp * pp > 1:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(tp * pp))
+    mode = (dict(compilation_config={"mode": 2, "backend": "eager"}, pipeline_parallel_size=pp,
+                 distributed_executor_backend="mp") if pp > 1 else dict(enforce_eager=True))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, max_model_len=128,
-                  max_num_seqs=NUM_PROMPTS, tensor_parallel_size=tp, seed=0, quantization=quantization)
+        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=dtype, max_model_len=128,
+                  max_num_seqs=NUM_PROMPTS, tensor_parallel_size=tp, seed=0, quantization=quantization, **mode)
         params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=TOP_K, ignore_eos=True,
                                 detokenize=False)
         results = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts()], params, use_tqdm=False)
@@ -206,12 +214,12 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def vllm_runs(checkpoints):
-    cache: dict[tuple[str, int], Run] = {}
+    cache: dict[tuple[str, int, int], Run] = {}
 
-    def run(name: str, tp: int = 1) -> Run:
-        if (name, tp) not in cache:
-            cache[(name, tp)] = vllm_greedy(checkpoints[name], tp=tp)
-        return cache[(name, tp)]
+    def run(name: str, tp: int = 1, pp: int = 1) -> Run:
+        if (name, tp, pp) not in cache:
+            cache[(name, tp, pp)] = vllm_greedy(checkpoints[name], tp=tp, pp=pp)
+        return cache[(name, tp, pp)]
 
     return run
 
@@ -228,6 +236,13 @@ def test_vllm_matches_transformers(name, checkpoints, vllm_runs):
 def test_tensor_parallel_2_matches_1(vllm_runs):
     worst = assert_runs_close(vllm_runs(TP_CASE), vllm_runs(TP_CASE, tp=2), ref_name="TP=1", got_name="TP=2")
     print(f"{TP_CASE}: TP=2 vs TP=1 max |logprob diff| {worst:.2e}")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="PP=2 on CPU needs two cores")
+def test_pipeline_parallel_2_matches_1(vllm_runs):
+    """Two stages (layers 0-1 and 2 of llama-gqa, different widths per layer) decode as one."""
+    worst = assert_runs_close(vllm_runs(PP_CASE), vllm_runs(PP_CASE, pp=2), ref_name="PP=1", got_name="PP=2")
+    print(f"{PP_CASE}: PP=2 vs PP=1 max |logprob diff| {worst:.2e}")
 
 
 # ----------------------------------------------------------------------------
