@@ -1413,7 +1413,30 @@ def sec_quantized(R: Results, headline: bool = False) -> list[str]:
         o += [" ".join(lines), ""]
         return o
 
-    return block(R, ["quantized.json"], body)
+    out = block(R, ["quantized.json"], body)
+    if not headline:
+        out += block(R, ["quantized_recover.json"], quantized_recover, optional=True)
+    return out
+
+
+def quantized_recover(d) -> list[str]:
+    """The same frontier with the recovered 20 % checkpoint (its rows named olica are olica+recover)."""
+    label = (lambda k: k.replace("olica", "olica+recover"))
+    trs = [[label(k), r["quantization"], f"{r['disk_bytes'] / 1e6:,.0f} MB ({xf(r['size_vs_dense'])})",
+            f"{f2(r['geomean_ppl'])} ({xf(r['ppl_vs_dense'])})", f"{f1(r['output_tok_s'])} ({xf(r['speedup_vs_dense'])})"]
+           for k, r in d["rows"].items()]
+    o = ["The same run with the recovered 20 % checkpoint (`olica-20+recover` of the recovery section):", ""]
+    o += table(["model", "quantization", "size on disk", "perplexity (report geomean)", "output tok/s"], trs,
+               right={2, 3, 4})
+    o.append(source(("quantized_recover.json", commits_of(d))))
+    rows = d["rows"]
+    ow, dw = rows.get("olica + W8A8"), rows.get("dense + W8A8")
+    if ow and dw:
+        o += ["", f"Recovered + W8A8 runs at {xf(ow['output_tok_s'] / dw['output_tok_s'])} dense + W8A8 with "
+              f"{xf(ow['geomean_ppl'] / dw['geomean_ppl'])} its perplexity, at "
+              f"{xf(ow['disk_bytes'] / dw['disk_bytes'])} its size."]
+    o.append("")
+    return o
 
 
 def sec_sampling(R: Results) -> list[str]:
