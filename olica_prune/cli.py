@@ -144,7 +144,8 @@ def _recover_config(args):
 
     return RecoverConfig(params=args.recover_params, lr=args.recover_lr, num_samples=args.recover_samples,
                          epochs=args.recover_epochs, batch_size=args.recover_batch_size, seq_len=args.seq_len,
-                         dataset=args.dataset, sampler=args.sampler, seed=args.seed, device=args.device)
+                         dataset=args.dataset, sampler=args.sampler, seed=args.seed, device=args.device,
+                         skip_if_too_large=getattr(args, "recover", True) is None)  # on by default, not asked for
 
 
 def _recover_parser(sub) -> None:

@@ -193,5 +193,56 @@ def test_cli_recovers_by_default(monkeypatch, tmp_path, args, recovers):
     monkeypatch.setattr(pr, "summary_line", lambda report: "")
     assert main(["prune", "m", "--sparsity", "0.2", "--output", str(tmp_path / "x"), *args]) == 0
     assert (seen[0] is not None) == recovers
-    if recovers:
-        assert seen[0] == RecoverConfig()  # the CLI's defaults are the library's
+    if recovers:  # the CLI's defaults are the library's; only the default-on run may skip a recovery too large
+        assert seen[0] == RecoverConfig(skip_if_too_large=not args)
+
+
+def _prune_recover(dense, out, **recover):
+    return prune(str(dense), output=out, progress=False, calibration_ids=_ids(64, 0),
+                 config=PruneConfig(sparsity=0.25, align=8, v_align=8),
+                 recover=RecoverConfig(params="norms", **{**FAST, "num_samples": 40, **recover}))
+
+
+def test_recovery_too_large_for_memory_fails_first_or_is_skipped(pruned, tmp_path, monkeypatch, capsys):
+    import olica_prune.method.recover as rec
+
+    dense, _ = pruned
+    monkeypatch.setattr(rec, "_calibration", lambda *a, **k: _ids(40, 5))
+    monkeypatch.setattr(rec, "memory_free", lambda device: 1 << 20)  # 1 MiB free
+    with pytest.raises(RecoveryError, match=r"recovery needs about .* GiB, 0.0 GiB is free on cpu; .*--no-recover"):
+        _prune_recover(dense, tmp_path / "asked")
+    assert not (tmp_path / "asked").exists() and not list(tmp_path.glob(".asked*"))
+    report = _prune_recover(dense, tmp_path / "default", skip_if_too_large=True)
+    assert "skipping recovery" in capsys.readouterr().err
+    assert "recovery" not in report and (tmp_path / "default" / "config.json").is_file()
+
+
+def test_out_of_memory_during_recovery_keeps_the_prune(pruned, tmp_path, monkeypatch, capsys):
+    import olica_prune.method.recover as rec
+
+    dense, _ = pruned
+    monkeypatch.setattr(rec, "_calibration", lambda *a, **k: _ids(40, 5))
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(rec, "fit", oom)
+    out = tmp_path / "out"
+    report = _prune_recover(dense, out)
+    assert "recovery failed, out of memory" in capsys.readouterr().err
+    on_disk = json.loads((out / "olica_report.json").read_text())
+    assert on_disk["recovery"] == report["recovery"] == {"applied": False, "failed": "out of memory (OutOfMemoryError)"}
+    assert load_causal_lm(out) is not None and not list(tmp_path.glob(".out.*"))
+
+
+def test_memory_estimate_scales_with_the_model():
+    from olica_prune.contract import ModelDims
+    from olica_prune.method.recover import memory_needed
+
+    smol = ModelDims(hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, intermediate_size=1536,
+                     num_layers=30, vocab_size=49152, tie_word_embeddings=True)
+    llama7 = ModelDims(hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128, intermediate_size=11008,
+                       num_layers=32, vocab_size=32000, tie_word_embeddings=False)
+    cfg = RecoverConfig()
+    assert 2 << 30 < memory_needed(smol, 107_475_264, cfg) < 8 << 30  # SmolLM2-135M at 20 %
+    assert memory_needed(llama7, 5_400_000_000, cfg) > 100 << 30  # a 7B: more than one 80 GB card

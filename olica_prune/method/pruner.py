@@ -22,6 +22,8 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -313,15 +315,22 @@ def _output_config(source: _Source, spec: OlicaSpec) -> dict[str, Any]:
 def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwrite: bool, progress: bool,
                        calibration_ids, layer_specs, recover_config) -> dict[str, Any]:
     """Prune into a hidden sibling of ``output`` (named like a writer's partial directory, so a
-    killed run's is swept by the next), recover from it into ``output``, drop it."""
-    import shutil
-
-    from .recover import recover
+    killed run's is swept by the next), recover from it into ``output``, drop it. Recovery that
+    would not fit in memory fails before any work (or is skipped, ``skip_if_too_large``); one that
+    runs out of memory anyway leaves the un-recovered prune at ``output``."""
+    from .recover import RecoveryError, recover
 
     check_output_path(output, overwrite=overwrite)
+    source = _open_source(model, output, config, check_tokenizer=calibration_ids is None)  # fails before work
+    too_large = _recovery_too_large(source.dims, config, recover_config)
+    if too_large and recover_config.skip_if_too_large:
+        print(f"olica: skipping recovery: {too_large}", file=sys.stderr)
+        return prune(model, output=output, config=config, overwrite=overwrite, progress=progress,
+                     calibration_ids=calibration_ids, layer_specs=layer_specs)
+    if too_large:
+        raise RecoveryError(too_large)
     recover_ids = None
     if calibration_ids is None and _same_self_stream(config, recover_config):
-        source = _open_source(model, output, config, check_tokenizer=True)  # bad input fails before sampling
         _branch_layer_count(source.dims, config, config.num_samples * config.seq_len)
         recover_ids = _self_ids(source.path, config, max(config.num_samples, recover_config.num_samples),
                                 progress=progress)
@@ -331,10 +340,38 @@ def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwri
     try:
         report = prune(model, output=stage, config=config, overwrite=True, progress=progress,
                        calibration_ids=calibration_ids, layer_specs=layer_specs)
-        report["recovery"] = recover(stage, output=output, reference=model, config=recover_config,
-                                     overwrite=overwrite, progress=progress, calibration_ids=recover_ids)
+        try:
+            report["recovery"] = recover(stage, output=output, reference=model, config=recover_config,
+                                         overwrite=overwrite, progress=progress, calibration_ids=recover_ids)
+        except (MemoryError, torch.OutOfMemoryError) as exc:  # the prune is done: keep it
+            report = _keep_unrecovered(stage, output, report, f"out of memory ({type(exc).__name__})",
+                                       overwrite=overwrite)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _recovery_too_large(dims: ModelDims, config: PruneConfig, recover_config) -> str | None:
+    """Why recovery would not fit in the device's free memory (None when it fits)."""
+    from .recover import memory_free, memory_needed
+
+    dense = count_parameters(None, dims)
+    need = memory_needed(dims, round((1 - config.sparsity) * dense), recover_config)
+    free = memory_free(preflight.parse_device(recover_config.device))
+    if need <= free:
+        return None
+    return (f"recovery needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on "
+            f"{recover_config.device}; prune with --no-recover (and recover elsewhere with `olica recover`)")
+
+
+def _keep_unrecovered(stage: Path, output: Path, report: dict, reason: str, *, overwrite: bool) -> dict:
+    """Move the staged, un-recovered prune to ``output``, its report saying why recovery is missing."""
+    print(f"olica: recovery failed, {reason}; writing the un-recovered prune", file=sys.stderr)
+    report["recovery"] = {"applied": False, "failed": reason}
+    (stage / "olica_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if overwrite and output.exists():
+        shutil.rmtree(output)
+    os.replace(stage, output)
     return report
 
 

@@ -68,6 +68,9 @@ class RecoverConfig:
     warmup: float = 0.05  # fraction of steps with a rising learning rate
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # With prune: skip recovery (one line) instead of failing when its memory estimate exceeds what the
+    # device has free; the CLI sets it when recovery is on by default rather than asked for.
+    skip_if_too_large: bool = False
     dataset: str = "self"  # calibration text: as the pruner's --calibration
     sampler: str = "auto"
     seed: int = 0
@@ -88,6 +91,37 @@ class RecoverConfig:
 
     def param_names(self) -> list[str]:
         return [p for p in self.params.split("+") if p]
+
+
+def memory_needed(dims, pruned_params: int, cfg: RecoverConfig) -> int:
+    """Bytes a recovery holds at its peak, an upper bound within tens of percent: both models in fp32;
+    per trained weight (at most every layer weight: the vocabulary matrices stay frozen) a gradient,
+    two AdamW moments and the best step's copy; one batch's activations and a few vocabulary-wide
+    logit tensors."""
+    from ..contract import count_parameters
+
+    dense = count_parameters(None, dims)
+    vocab_matrices = dims.vocab_size * dims.hidden_size * (1 if dims.tie_word_embeddings else 2)
+    trained = max(0, pruned_params - vocab_matrices)
+    tokens = cfg.batch_size * cfg.seq_len
+    activations = tokens * dims.num_layers * (12 * dims.hidden_size + 4 * dims.intermediate_size) * 4
+    logits = 6 * tokens * dims.vocab_size * 4
+    return 4 * (dense + pruned_params) + 16 * trained + activations + logits
+
+
+def memory_free(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def select_parameters(model: torch.nn.Module, params: str) -> list[str]:
