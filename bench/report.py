@@ -738,7 +738,8 @@ def sec_recovery(R: Results) -> list[str]:
     out += block(R, ["quality_recover.json", "dev/recover_smol20.json"], body)
 
     def other_sparsities(q, dev):
-        o = ["The same at the other sparsities (default settings, 512 sequences):", ""]
+        o = ["The same at the other sparsities (default settings, 512 sequences; whether each fit time was "
+             "measured alone on the cores is in the note of `dev/recover_smol_10_30_50.json` below):", ""]
         o += recovery_rows_table(q, dev)
         o.append(source(("quality_recover_10_30_50.json", commits_of(q)),
                         ("dev/recover_smol_10_30_50.json", commits_of(dev, dev["rows"]))))
