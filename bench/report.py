@@ -2009,7 +2009,7 @@ README_BLOCKS = {
 # ----------------------------------------------------------------------------------------------- peers
 
 
-PEER_ORDER = ["olica", "flap", "slicegpt"]
+PEER_ORDER = ["olica", "flap", "slicegpt", "slicegpt-untied"]
 
 
 def peer_table(d) -> list[str]:
@@ -2023,7 +2023,7 @@ def peer_table(d) -> list[str]:
                                             if r["method"] in PEER_ORDER else len(PEER_ORDER)))
     for r in rows:
         method = r["method"]
-        if method == "slicegpt" and "peer" in r:
+        if method.startswith("slicegpt") and "peer" in r:
             method += f" (slicing {pct(r['peer']['slicing'], 0)})"
         trs.append([spct(r["sparsity"]), method, pct(r.get("achieved"), 1),
                     *[ppl(qppl(r, dm)) for dm in doms], f"**{ppl(r[g])}**", xr(r[g] / dense[g]),
@@ -2055,7 +2055,11 @@ def sec_peers(R: Results) -> list[str]:
            "their papers, pruned in memory from the same self-sampled calibration windows as Olica and scored by "
            "the same evaluator on the report domains. `params removed` counts every parameter (a tied matrix "
            "once), as Olica does; SliceGPT's slicing fraction of the hidden size is larger than the parameter "
-           "fraction it removes. Nothing here was tuned on these rows.", ""]
+           "fraction it removes. SmolLM2 and Qwen2.5-0.5B tie their embedding and head; SliceGPT keeps the tie (its "
+           "authors' code unties them, which adds more parameters than a 10-20 % budget removes), so its head reads "
+           "the final state through the embedding's leading PCA directions. `slicegpt-untied` is a diagnostic of "
+           "that choice: the same slicing with the authors' full-width untied head, more parameters than dense "
+           "(a negative `params removed`). Nothing here was tuned on these rows.", ""]
     for f in ("quality_peers.json", "quality_peers_qwen.json"):
         def body(d, f=f):
             o = [f"**{d.get('model', '?')}** (calibration: {d.get('calibration', '?')}; {d.get('device', '?')}):",
