@@ -2094,7 +2094,8 @@ def model_check(d) -> list[str]:
     dims = d["dims"]
     return [f"The third model, `{d['model']}` (opt-in alias; joined GGUF sha256 `{d['sha256'][:12]}…`), resolves "
             f"and loads: {dims['layers']} layers, hidden {dims['hidden']}, {dims['heads']} heads / "
-            f"{dims['kv_heads']} KV, FFN {dims['intermediate']}, {d['params'] / 1e9:.2f} B parameters; it answers "
+            f"{dims['kv_heads']} KV, FFN {dims['intermediate']}, {'tied' if dims['tied'] else 'untied'} head, "
+            f"{d['params'] / 1e9:.2f} B parameters; it answers "
             f"{d['chat_n']} chat questions with exact-match {f3(d['chat_exact_match'])} (transformers, fp32). "
             f"No pruned rows yet. " + source(("model_check_qwen15.json", commits_of(d))), ""]
 
