@@ -1362,7 +1362,8 @@ def sec_quantized(R: Results, headline: bool = False) -> list[str]:
         st = d["settings"]
         o = []
         if not headline:
-            o += [f"`python bench/quantized.py --pruned ... --online-fp8`: each row one fresh `vllm.LLM` in the "
+            o += [f"`python bench/quantized.py --pruned ... --online-fp8` on {d['environment']['cpu']} "
+                  f"({d['environment']['cpu_count']} cores): each row one fresh `vllm.LLM` in the "
                   f"{'eager' if st['enforce_eager'] else 'default compiled'} mode with {st['activations']} "
                   f"activations; perplexity is the geometric mean over the {len(st['report_domains'])} report domains "
                   f"({st['max_chunks']} chunks × {st['seq_len']} tokens each, from {st['ppl_from']}); throughput is "
@@ -1426,7 +1427,9 @@ def quantized_recover(d) -> list[str]:
     trs = [[label(k), r["quantization"], f"{r['disk_bytes'] / 1e6:,.0f} MB ({xf(r['size_vs_dense'])})",
             f"{f2(r['geomean_ppl'])} ({xf(r['ppl_vs_dense'])})", f"{f1(r['output_tok_s'])} ({xf(r['speedup_vs_dense'])})"]
            for k, r in d["rows"].items()]
-    o = ["The same run with the recovered 20 % checkpoint (`olica-20+recover` of the recovery section):", ""]
+    o = [f"The same benchmark with the recovered 20 % checkpoint (`olica-20+recover` of the recovery section), run on "
+         f"{d['environment']['cpu']} ({d['environment']['cpu_count']} cores; the int8 and bf16 kernels' relative "
+         "speed differs between CPUs, so compare ratios within one table):", ""]
     o += table(["model", "quantization", "size on disk", "perplexity (report geomean)", "output tok/s"], trs,
                right={2, 3, 4})
     o.append(source(("quantized_recover.json", commits_of(d))))
