@@ -94,10 +94,11 @@ class RecoverConfig:
 
 
 def memory_needed(dims, pruned_params: int, cfg: RecoverConfig) -> int:
-    """Bytes a recovery holds at its peak, an upper bound within tens of percent: both models in fp32;
-    per trained weight (at most every layer weight: the vocabulary matrices stay frozen) a gradient,
-    two AdamW moments and the best step's copy; one batch's activations and a few vocabulary-wide
-    logit tensors."""
+    """Bytes a recovery holds at its peak, estimated: both models in fp32; per trained weight (at most
+    every layer weight: the vocabulary matrices stay frozen) a gradient, two AdamW moments and the
+    best step's copy; one batch's activations, the vocabulary-wide logit tensors of the KL and its
+    gradient, and 1 GiB for the interpreter and libraries. Qwen2.5-Coder-0.5B at 20 %: 15.6 GiB
+    estimated, 14.9 GiB peak resident memory measured during the fit."""
     from ..contract import count_parameters
 
     dense = count_parameters(None, dims)
@@ -105,8 +106,8 @@ def memory_needed(dims, pruned_params: int, cfg: RecoverConfig) -> int:
     trained = max(0, pruned_params - vocab_matrices)
     tokens = cfg.batch_size * cfg.seq_len
     activations = tokens * dims.num_layers * (12 * dims.hidden_size + 4 * dims.intermediate_size) * 4
-    logits = 6 * tokens * dims.vocab_size * 4
-    return 4 * (dense + pruned_params) + 16 * trained + activations + logits
+    logits = 8 * tokens * dims.vocab_size * 4
+    return 4 * (dense + pruned_params) + 16 * trained + activations + logits + (1 << 30)
 
 
 def memory_free(device: torch.device) -> int:
