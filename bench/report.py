@@ -722,7 +722,7 @@ def sec_recovery(R: Results) -> list[str]:
              f"of {seq} tokens each) over checkpoints made by `bench/dev_recover.py`: the default prune, then "
              "`olica recover` from it on self-sampled text (the last sequences held out). The settings were "
              "chosen on the dev domains before these rows were computed. Recovery is on by default in `olica "
-             "prune` since it won on dev at 10, 20 and 30 % (`--no-recover` skips it).", ""]
+             "prune` since it won on SmolLM2-135M's dev domains at 10, 20 and 30 % (`--no-recover` skips it; on Qwen2.5-Coder-0.5B it did not apply, see `dev/recover_qwen20.json` below).", ""]
         o += recovery_rows_table(q, dev)
         o.append(source(("quality_recover.json", commits_of(q)), ("dev/recover_smol20.json",
                                                                    commits_of(dev, dev["rows"]))))
