@@ -28,7 +28,8 @@ def _prune_parser(sub) -> None:
                                    "(unless --no-recover) a short end-to-end fit to the dense model on text it "
                                    "samples itself.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"model to prune (default: {DEFAULT_MODEL}; opt-in aliases: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)")
+                   help=f"model to prune (default: {DEFAULT_MODEL}; opt-in aliases: qwen2.5-coder-0.5b, "
+                        "qwen2.5-coder-1.5b)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of ALL parameters to remove, (0, 0.9]")
     p.add_argument("--output", "-o", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -117,8 +118,8 @@ def _calibration_options(p) -> None:
                    help="after the prune, fit the pruned model's layer weights end to end to the dense "
                         "model's next-token distribution on self-sampled text (olica recover --help). On by "
                         "default for --method olica with the olica preset (dev perplexity ratio on SmolLM2-135M: "
-                        "10 %% 1.29 -> 1.22, 20 %% 1.74 -> 1.61, 30 %% 2.51 -> 2.18; on Qwen2.5-Coder-0.5B at 20 %% no step beat "
-                        "the prune, which was kept); off for --preset paper "
+                        "10 %% 1.29 -> 1.22, 20 %% 1.74 -> 1.61, 30 %% 2.51 -> 2.18; on Qwen2.5-Coder-0.5B at "
+                        "20 %% no step beat the prune, which was kept); off for --preset paper "
                         "(the paper's retraining-free method) and the baselines. Cost on 2 CPU cores for "
                         "SmolLM2-135M: ~10 min of fitting and ~4 min of sampling 512 sequences; "
                         "--no-recover skips it")
