@@ -707,12 +707,6 @@ def recovery_gains(q) -> str:
             "was still falling, so more sampled tokens buy more, at the cost in the last column.")
 
 
-def worst_domain_ratio(q, key: str) -> tuple[str, float]:
-    seq = str(q.get("seq_len", SEQ))
-    r, dense = q["rows"][key], q["rows"]["dense"]
-    return max(((dm, qppl(r, dm, seq) / qppl(dense, dm, seq)) for dm in q["report_domains"]), key=lambda x: x[1])
-
-
 def sec_recovery(R: Results) -> list[str]:
     out = []
 
@@ -750,38 +744,16 @@ def sec_recovery(R: Results) -> list[str]:
     out += block(R, ["quality_recover_10_30_50.json", "dev/recover_smol_10_30_50.json"], other_sparsities,
                  optional=True)
 
-    def qwen(q, dev):
-        o = ["Qwen2.5-Coder-0.5B-Instruct at 20 % (default settings, 512 sequences):", ""]
-        o += recovery_rows_table(q, dev)
-        o.append(source(("quality_recover_qwen.json", commits_of(q)),
-                        ("dev/recover_qwen20.json", commits_of(dev, dev["rows"]))))
-        o.append("")
-        rec = next(k for k, r in q["rows"].items() if r.get("recovery"))
-        dm, worst = worst_domain_ratio(q, rec)
-        o += [recovery_gains(q) + f" Its worst report domain is {dm} at {xf(worst)} dense, against the "
-              f"{xf(GOAL_QWEN_X_DENSE)} on every domain it was built for "
-              f"({'met' if worst <= GOAL_QWEN_X_DENSE else '**not met**'}).", ""]
-        return o
 
-    out += block(R, ["quality_recover_qwen.json", "dev/recover_qwen20.json"], qwen, optional=True)
+    def beh(f, intro):
+        return lambda d: [intro, "", *behaviour_rows([(f, d)], cats=False), source((f, commits_of(d))), ""]
 
-    def beh(d):
-        o = ["Chat exact-match and multiple choice of the same checkpoints (vLLM, eager):", ""]
-        o += behaviour_rows([("behaviour_recover.json", d)], cats=False)
-        o.append(source(("behaviour_recover.json", commits_of(d))))
-        o.append("")
-        return o
-
-    out += block(R, ["behaviour_recover.json"], beh)
-
-    def beh_other(d):
-        o = ["The same for the checkpoints at 10, 30 and 50 % (vLLM, eager):", ""]
-        o += behaviour_rows([("behaviour_recover_10_30_50.json", d)], cats=False)
-        o.append(source(("behaviour_recover_10_30_50.json", commits_of(d))))
-        o.append("")
-        return o
-
-    out += block(R, ["behaviour_recover_10_30_50.json"], beh_other, optional=True)
+    out += block(R, ["behaviour_recover.json"],
+                 beh("behaviour_recover.json", "Chat exact-match and multiple choice of the same checkpoints (vLLM, "
+                                               "eager):"))
+    out += block(R, ["behaviour_recover_10_30_50.json"],
+                 beh("behaviour_recover_10_30_50.json", "The same for the checkpoints at 10, 30 and 50 % (vLLM, "
+                                                        "eager):"), optional=True)
 
     def engine(dev12, rec):
         a = find(dev12["rows"], num_samples=128) or dev12["rows"][0]

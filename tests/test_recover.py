@@ -156,7 +156,7 @@ def test_prune_and_recover_sample_the_self_text_once(pruned, tmp_path, monkeypat
     dense, _ = pruned
     stream = _ids(48, 9)
     asked = []
-    monkeypatch.setattr(pr, "_self_ids", lambda src, config, num_samples, **k: asked.append(num_samples)
+    monkeypatch.setattr(pr, "_calibration_ids", lambda src, config, num_samples, **k: asked.append(num_samples)
                         or stream[:num_samples])
     monkeypatch.setattr(pr.preflight, "check_tokenizer", lambda src: None)  # the tiny model has none
     monkeypatch.setattr(rec, "_calibration", lambda *a, **k: pytest.fail("recovery sampled a second time"))

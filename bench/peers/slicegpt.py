@@ -274,8 +274,8 @@ def slicegpt(model, calibration_ids: torch.Tensor, sparsity: float, *, batch_siz
     dense = count_params(model)
     hidden = model.get_input_embeddings().weight.shape[1]
     dim = choose_dim(model, sparsity)
-    was_tied = _tied(model)
-    if head == "untied" and was_tied:
+    untied_diagnostic = head == "untied" and _tied(model)
+    if untied_diagnostic:
         untie(model)
     expected = sliced_param_count(model, dim)
     tied = _tied(model)
@@ -284,14 +284,14 @@ def slicegpt(model, calibration_ids: torch.Tensor, sparsity: float, *, batch_siz
     if pruned != expected:
         raise RuntimeError(f"SliceGPT: {pruned} parameters after slicing, {expected} planned")
     rep = {"method": "slicegpt", "sparsity": sparsity_report(sparsity, dense, pruned)}
-    if not (was_tied and not tied) and abs(rep["sparsity"]["achieved"] - sparsity) > tolerance:
+    if not untied_diagnostic and abs(rep["sparsity"]["achieved"] - sparsity) > tolerance:
         raise RuntimeError(f"SliceGPT reached {rep['sparsity']['achieved']:.4f}, not {sparsity} +- {tolerance}")
     n_layers = len(decoder_layers(model))
     rep["peer"] = {
         "method": "slicegpt", "hidden": hidden, "dim": dim, "slicing": round(1 - dim / hidden, 5),
         "schedule": "constant", "slice_head": False,
         "tied_head": ("kept tied via a hidden x dim projection" if tied else
-                      "untied (a full-width copy of the embedding), at the tied model's slicing" if was_tied
+                      "untied (a full-width copy of the embedding), at the tied model's slicing" if untied_diagnostic
                       else "untied model: head not sliced"),
         # attention shortcuts, MLP shortcuts (the last one dim x hidden), the tied head's projection
         "shortcut_params": n_layers * dim * dim + (n_layers - 1) * dim * dim + dim * hidden + (hidden * dim if tied else 0),

@@ -57,8 +57,6 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
         return _prune_and_recover(model, output=Path(output), config=config, overwrite=overwrite,
                                   progress=progress, calibration_ids=calibration_ids, layer_specs=layer_specs,
                                   recover_config=recover)
-    from transformers import AutoTokenizer
-
     t_start = time.perf_counter()
     output = Path(output)
     device = preflight.parse_device(config.device)
@@ -68,10 +66,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     n_tokens = calibration_ids.numel() if calibration_ids is not None else config.num_samples * config.seq_len
     cal_layers_n = _branch_layer_count(source.dims, config, n_tokens)
     if calibration_ids is None:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path))
-        calibration_ids = calibration_mix(source.path, tokenizer, config.dataset, num_samples=config.num_samples,
-                                          seq_len=config.seq_len, seed=config.seed, device=device,
-                                          progress=progress, sampler=config.sampler)
+        calibration_ids = _calibration_ids(source.path, config, config.num_samples, progress=progress)
     run = _Run(weights=source.weights, config=source.hf_config, dims=source.dims, qkv_bias=source.qkv_bias,
                device=device, cfg=config, ids=calibration_ids, progress=progress)
     plan = _plan(run, config, cal_layers_n=cal_layers_n, layer_specs=layer_specs)
@@ -332,8 +327,8 @@ def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwri
     recover_ids = None
     if calibration_ids is None and _same_self_stream(config, recover_config):
         _branch_layer_count(source.dims, config, config.num_samples * config.seq_len)
-        recover_ids = _self_ids(source.path, config, max(config.num_samples, recover_config.num_samples),
-                                progress=progress)
+        recover_ids = _calibration_ids(source.path, config, max(config.num_samples, recover_config.num_samples),
+                                       progress=progress)
         calibration_ids = recover_ids[:config.num_samples]
         recover_ids = recover_ids[:recover_config.num_samples]
     stage = output.resolve().parent / f".{output.name}.partial-{os.getpid()}-unrecovered"
@@ -382,11 +377,12 @@ def _same_self_stream(config: PruneConfig, recover_config) -> bool:
             and config.seed == recover_config.seed and config.sampler == recover_config.sampler)
 
 
-def _self_ids(src: Path, config: PruneConfig, num_samples: int, *, progress: bool) -> torch.Tensor:
+def _calibration_ids(src: Path, config: PruneConfig, num_samples: int, *, progress: bool) -> torch.Tensor:
+    """``num_samples`` calibration windows of ``config``'s source (dataset, length, seed, sampler)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    return calibration_mix(src, tokenizer, "self", num_samples=num_samples, seq_len=config.seq_len,
+    return calibration_mix(src, tokenizer, config.dataset, num_samples=num_samples, seq_len=config.seq_len,
                            seed=config.seed, device=preflight.parse_device(config.device), progress=progress,
                            sampler=config.sampler)
 
