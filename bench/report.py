@@ -657,7 +657,6 @@ def _dev_match(dev_rows, qrow):
 
 def recovery_rows_table(q, dev) -> list[str]:
     """One quality_checkpoints file: every checkpoint, what recovery fitted, dev and report ratios."""
-    doms = q["report_domains"]
     g = f"geomean_{q.get('seq_len', SEQ)}"
     rows = q["rows"]
     dense = rows["dense"]
