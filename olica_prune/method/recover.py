@@ -68,6 +68,11 @@ class RecoverConfig:
     warmup: float = 0.05  # fraction of steps with a rising learning rate
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # Weight of the hidden-state term: the mean over decoder layers of each token's squared error
+    # against the dense residual stream, relative to the dense token's squared norm. 0: KL only.
+    hidden_weight: float = 0.0
+    # An evaluation without a gain restores the best weights and halves the learning rate (fit()).
+    backoff: bool = True
     # With prune: skip recovery (one line) instead of failing when its memory estimate exceeds what the
     # device has free; the CLI sets it when recovery is on by default rather than asked for.
     skip_if_too_large: bool = False
@@ -86,6 +91,8 @@ class RecoverConfig:
         if self.heldout < 1 or self.num_samples < self.heldout + self.batch_size:
             raise RecoveryError(f"recovery needs at least heldout + batch_size = {self.heldout + self.batch_size} "
                                 f"sequences, got --recover-samples {self.num_samples}")
+        if self.hidden_weight < 0:
+            raise RecoveryError(f"recovery hidden-state weight must be >= 0, got {self.hidden_weight}")
         if self.epochs <= 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise RecoveryError("recovery epochs, batch size, eval interval and patience must be positive")
 
@@ -144,6 +151,30 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
+def hidden_error(student_hidden, teacher_hidden) -> torch.Tensor:
+    """Mean over layers and tokens of |h_s - h_t|^2 / |h_t|^2 along the residual stream.
+
+    Per token, so that the few tokens with huge activations (the first one) weigh no more than the
+    rest; the embeddings (index 0) are shared and skipped."""
+    terms = []
+    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
+        ht = ht.float()
+        err = (hs.float() - ht).pow(2).sum(-1) / ht.pow(2).sum(-1).clamp_min(1e-6)
+        terms.append(err.mean())
+    return torch.stack(terms).mean()
+
+
+def _objective(student, teacher, batch: torch.LongTensor, hidden_weight: float) -> tuple[torch.Tensor, float]:
+    """The training loss of one batch and its KL part (a float, for the running display)."""
+    with torch.no_grad():
+        t_out = teacher(input_ids=batch, output_hidden_states=hidden_weight > 0)
+    s_out = student(input_ids=batch, output_hidden_states=hidden_weight > 0)
+    kl = kl_to_teacher(s_out.logits, t_out.logits)
+    loss = kl if hidden_weight == 0 else kl + hidden_weight * hidden_error(s_out.hidden_states,
+                                                                           t_out.hidden_states)
+    return loss, kl.item()
+
+
 @torch.no_grad()
 def mean_kl(student, teacher, ids: torch.LongTensor, *, batch_size: int) -> float:
     """KL(teacher || student) per token over ``ids`` ``[n, seq]``."""
@@ -180,53 +211,75 @@ class FitResult:
     seconds: float
 
 
+def _train_step(student, teacher, batch, opt, params, cfg: RecoverConfig, lr: float) -> float:
+    """One optimizer step on ``batch``; returns its KL."""
+    with torch.enable_grad():  # the CLI turns gradients off for the whole run
+        loss, kl_value = _objective(student, teacher, batch, cfg.hidden_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        del loss
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    return kl_value
+
+
 def fit(student, teacher, train: torch.LongTensor, heldout: torch.LongTensor, cfg: RecoverConfig, *,
-        trained: list[str], progress: bool = True) -> FitResult:
-    """Minimise KL(teacher || student) over ``train``, keeping the weights best on ``heldout``."""
+        trained: list[str], progress: bool = True, start_state=None) -> FitResult:
+    """Minimise KL(teacher || student) over ``train``, keeping the weights best on ``heldout``.
+
+    An evaluation without a gain puts the best weights so far back (``start_state()`` gives the
+    starting ones), clears the optimizer's moments and halves the learning rate: a rate too high
+    for a model costs an evaluation interval, not the recovery (``cfg.backoff``)."""
     t0 = time.perf_counter()
     device = next(student.parameters()).device
     named = dict(student.named_parameters())
     params = [named[n] for n in trained]
+    if start_state is None and cfg.backoff:
+        snapshot = {n: named[n].detach().clone() for n in trained}
+        start_state = lambda: snapshot  # noqa: E731
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, int(cfg.epochs * train.shape[0]) // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.cat([torch.randperm(train.shape[0], generator=gen) for _ in range(math.ceil(cfg.epochs))])
     before = best = mean_kl(student, teacher, heldout, batch_size=cfg.batch_size)
     history = [{"step": 0, "heldout_kl": before}]
-    best_state, best_step, stale, running = None, 0, 0, None
+    best_state, best_step, stale, running, lr_scale = None, 0, 0, None, 1.0
     bar = tqdm(total=steps, desc="recovering", unit="step", disable=not progress)
     student.train()
     step = 0
     for step in range(1, steps + 1):
         batch = train[order[(step - 1) * cfg.batch_size: step * cfg.batch_size]].to(device)
-        with torch.no_grad():
-            target = teacher(input_ids=batch).logits
-        with torch.enable_grad():  # the CLI turns gradients off for the whole run
-            loss = kl_to_teacher(student(input_ids=batch).logits, target)
-            del target
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step - 1, steps, cfg.warmup)
-        opt.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        lr = cfg.lr * lr_scale * _lr_factor(step - 1, steps, cfg.warmup)
+        kl_value = _train_step(student, teacher, batch, opt, params, cfg, lr)
+        running = kl_value if running is None else 0.9 * running + 0.1 * kl_value
         bar.update(1)
         bar.set_postfix(kl=f"{running:.4f}", heldout=f"{best:.4f}")
         if step % cfg.eval_every and step != steps:
             continue
         kl = mean_kl(student, teacher, heldout, batch_size=cfg.batch_size)
-        history.append({"step": step, "train_kl_running": running, "heldout_kl": kl})
-        if not math.isfinite(kl) or kl >= best:
-            stale += 1
-            if stale >= cfg.patience or not math.isfinite(kl):
-                break
+        history.append({"step": step, "train_kl_running": running, "heldout_kl": kl, "lr": lr})
+        if math.isfinite(kl) and kl < best:
+            best, best_step, stale = kl, step, 0
+            best_state = {n: named[n].detach().clone() for n in trained}
             continue
-        best, best_step, stale = kl, step, 0
-        best_state = {n: named[n].detach().clone() for n in trained}
+        stale += 1
+        if stale >= cfg.patience or not (cfg.backoff or math.isfinite(kl)):
+            break
+        if cfg.backoff:
+            _load(named, best_state if best_state is not None else start_state())
+            opt.state.clear()
+            lr_scale *= 0.5
     bar.close()
     return FitResult(best_state=best_state, history=history, heldout_before=before, heldout_best=best,
                      best_step=best_step, steps_run=step, seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _load(named: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    for name, value in state.items():
+        named[name].copy_(value)
 
 
 def _checkpoint_tensors(path: Path):
@@ -301,13 +354,13 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
         raise RecoveryError(f"the parameter set {cfg.params!r} matches no parameter of {pruned}")
     calib_slice = train[:cfg.heldout]
     calib_before = mean_kl(student, teacher, calib_slice, batch_size=cfg.batch_size)
-    result = fit(student, teacher, train, heldout, cfg, trained=trained, progress=progress)
+    wanted = set(trained)
+    result = fit(student, teacher, train, heldout, cfg, trained=trained, progress=progress,
+                 start_state=lambda: {n: t for n, t in _checkpoint_tensors(pruned) if n in wanted})
     kept = result.best_state is not None
     named = dict(student.named_parameters())
     if kept:
-        with torch.no_grad():
-            for name, value in result.best_state.items():
-                named[name].copy_(value)
+        _load(named, result.best_state)
     else:
         print("olica: recovery did not lower the held-out KL; the un-recovered weights are written unchanged",
               file=sys.stderr)
