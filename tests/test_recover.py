@@ -232,6 +232,17 @@ def test_recovery_too_large_for_memory_fails_first_or_is_skipped(pruned, tmp_pat
     assert "recovery" not in report and (tmp_path / "default" / "config.json").is_file()
 
 
+def test_standalone_recovery_too_large_fails_first(pruned, tmp_path, monkeypatch, capsys):
+    import olica_prune.method.recover as rec
+
+    dense, pruned_dir = pruned
+    monkeypatch.setattr(rec, "memory_free", lambda device: 1 << 20)  # 1 MiB free
+    code = main(["recover", str(pruned_dir), "--reference", str(dense), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "recovery needs about" in err[0] and "0.0 GiB is free" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_of_memory_during_recovery_keeps_the_prune(pruned, tmp_path, monkeypatch, capsys):
     import olica_prune.method.recover as rec
 

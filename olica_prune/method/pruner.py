@@ -337,7 +337,8 @@ def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwri
                        calibration_ids=calibration_ids, layer_specs=layer_specs)
         try:
             report["recovery"] = recover(stage, output=output, reference=model, config=recover_config,
-                                         overwrite=overwrite, progress=progress, calibration_ids=recover_ids)
+                                         overwrite=overwrite, progress=progress, calibration_ids=recover_ids,
+                                         check_memory=False)  # checked above, before the prune
         except (MemoryError, torch.OutOfMemoryError) as exc:  # the prune is done: keep it
             report = _keep_unrecovered(stage, output, report, f"out of memory ({type(exc).__name__})",
                                        overwrite=overwrite)
@@ -348,15 +349,12 @@ def _prune_and_recover(model: str, *, output: Path, config: PruneConfig, overwri
 
 def _recovery_too_large(dims: ModelDims, config: PruneConfig, recover_config) -> str | None:
     """Why recovery would not fit in the device's free memory (None when it fits)."""
-    from .recover import memory_free, memory_needed
+    from .recover import memory_shortfall
 
-    dense = count_parameters(None, dims)
-    need = memory_needed(dims, round((1 - config.sparsity) * dense), recover_config)
-    free = memory_free(preflight.parse_device(recover_config.device))
-    if need <= free:
+    shortfall = memory_shortfall(dims, round((1 - config.sparsity) * count_parameters(None, dims)), recover_config)
+    if shortfall is None:
         return None
-    return (f"recovery needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on "
-            f"{recover_config.device}; prune with --no-recover (and recover elsewhere with `olica recover`)")
+    return f"{shortfall}; prune with --no-recover (and recover elsewhere with `olica recover`)"
 
 
 def _keep_unrecovered(stage: Path, output: Path, report: dict, reason: str, *, overwrite: bool) -> dict:

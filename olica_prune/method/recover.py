@@ -117,6 +117,31 @@ def memory_needed(dims, pruned_params: int, cfg: RecoverConfig) -> int:
     return 4 * (dense + pruned_params) + 16 * trained + activations + logits + (1 << 30)
 
 
+def memory_shortfall(dims, pruned_params: int, cfg: RecoverConfig) -> str | None:
+    """Why recovery would not fit in the device's free memory (None when it fits)."""
+    from ..io import preflight
+
+    need = memory_needed(dims, pruned_params, cfg)
+    free = memory_free(preflight.parse_device(cfg.device))
+    if need <= free:
+        return None
+    return f"recovery needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on {cfg.device}"
+
+
+def _check_memory(pruned: Path, cfg: RecoverConfig) -> None:
+    """Refuse, before any work, a recovery of ``pruned`` that would not fit in memory."""
+    import json
+
+    from ..contract import ModelDims, OlicaSpec, count_parameters
+
+    config = json.loads((pruned / "config.json").read_text())
+    dims = ModelDims.from_config(config)
+    shortfall = memory_shortfall(dims, count_parameters(OlicaSpec.from_config(config), dims), cfg)
+    if shortfall:
+        raise RecoveryError(f"{shortfall}; recover on a machine with more memory, or with a smaller "
+                            "--recover-batch-size")
+
+
 def memory_free(device: torch.device) -> int:
     """Bytes free on ``device``: CUDA's free memory, or the host's MemAvailable."""
     if device.type == "cuda":
@@ -315,11 +340,12 @@ def _reference_of(pruned: Path, reference: str | None) -> str:
 
 def recover(pruned: str | Path, *, output: str | Path, reference: str | None = None,
             config: RecoverConfig | None = None, overwrite: bool = False, progress: bool = True,
-            calibration_ids: torch.LongTensor | None = None) -> dict[str, Any]:
+            calibration_ids: torch.LongTensor | None = None, check_memory: bool = True) -> dict[str, Any]:
     """Recover the Olica checkpoint ``pruned`` against the dense ``reference`` into ``output``.
 
     ``calibration_ids`` (``[n, seq]``) replaces the sampled text; its last ``heldout`` rows are held
-    out. Returns the ``recovery`` section added to ``olica_report.json``.
+    out. A recovery that would not fit in memory fails first (``check_memory``; the pruner checks
+    before it prunes). Returns the ``recovery`` section added to ``olica_report.json``.
     """
     from ..io import preflight
     from ..model.modeling import OlicaForCausalLM, is_olica_checkpoint, load_causal_lm
@@ -333,6 +359,8 @@ def recover(pruned: str | Path, *, output: str | Path, reference: str | None = N
     same = output.exists() and output.resolve() == pruned.resolve()
     if not same:
         check_output_path(output, overwrite=overwrite)
+    if check_memory:
+        _check_memory(pruned, cfg)
     device = preflight.parse_device(cfg.device)
     ref_dir = resolve_model(_reference_of(pruned, reference))
     t0 = time.perf_counter()
