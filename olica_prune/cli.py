@@ -139,6 +139,9 @@ def _recover_options(p) -> None:
     g.add_argument("--recover-epochs", type=float, default=d.epochs,
                    help=f"passes over the training sequences (default {d.epochs})")
     g.add_argument("--recover-batch-size", type=int, default=d.batch_size)
+    g.add_argument("--recover-hidden-weight", type=float, default=d.hidden_weight,
+                   help="weight of matching the dense model's residual stream layer by layer, beside the "
+                        f"KL of the outputs (default {d.hidden_weight})")
 
 
 def _recover_config(args):
@@ -146,6 +149,7 @@ def _recover_config(args):
 
     return RecoverConfig(params=args.recover_params, lr=args.recover_lr, num_samples=args.recover_samples,
                          epochs=args.recover_epochs, batch_size=args.recover_batch_size, seq_len=args.seq_len,
+                         hidden_weight=args.recover_hidden_weight,
                          dataset=args.dataset, sampler=args.sampler, seed=args.seed, device=args.device,
                          skip_if_too_large=getattr(args, "recover", True) is None)  # on by default, not asked for
 
