@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict | None] = {
     "all-b4": dict(params="all", lr=5e-5, batch_size=4),
     "all-lr1e-4": dict(params="all", lr=1e-4),
     "all-hid1-lr1e-4": dict(params="all", lr=1e-4, hidden_weight=1.0),
+    "all-2ep": dict(params="all", lr=5e-5, epochs=2.0),
 }
 
 
