@@ -743,6 +743,23 @@ def sec_recovery(R: Results) -> list[str]:
     out += block(R, ["quality_recover_10_30_50.json", "dev/recover_smol_10_30_50.json"], other_sparsities,
                  optional=True)
 
+    def qwen(q, dev):
+        doms = q["report_domains"]
+        g = f"geomean_{q.get('seq_len', SEQ)}"
+        worst = {k: max(r["ppl"][d] / q["rows"]["dense"]["ppl"][d] for d in doms)
+                 for k, r in q["rows"].items() if k != "dense"}
+        o = ["Qwen2.5-Coder-0.5B-Instruct at 20 %, default settings (learning-rate backoff on, 512 sequences):", ""]
+        o += recovery_rows_table(q, dev)
+        o.append(source(("quality_recover_qwen.json", commits_of(q)),
+                        ("dev/recover_qwen20_backoff.json", commits_of(dev, dev["rows"]))))
+        o.append("")
+        o += [recovery_gains(q) + " Worst report domain, × dense: "
+              + ", ".join(f"`{k}` {xf(v)}" for k, v in worst.items()) + f" (the goal: at most "
+              f"{xf(GOAL_QWEN_X_DENSE)} on every domain). Dense geomean {ppl(q['rows']['dense'][g])}.", ""]
+        return o
+
+    out += block(R, ["quality_recover_qwen.json", "dev/recover_qwen20_backoff.json"], qwen, optional=True)
+
 
     def beh(f, intro):
         return lambda d: [intro, "", *behaviour_rows([(f, d)], cats=False), source((f, commits_of(d))), ""]
