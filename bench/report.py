@@ -715,7 +715,7 @@ def sec_recovery(R: Results) -> list[str]:
              f"of {seq} tokens each) over checkpoints made by `bench/dev_recover.py`: the default prune, then "
              "`olica recover` from it on self-sampled text (the last sequences held out). The settings were "
              "chosen on the dev domains before these rows were computed. Recovery is on by default in `olica "
-             "prune` since it won on SmolLM2-135M's dev domains at 10, 20 and 30 % (`--no-recover` skips it; on Qwen2.5-Coder-0.5B it did not apply, see `dev/recover_qwen20.json` below).", ""]
+             "prune` since it won on SmolLM2-135M's dev domains at 10, 20 and 30 % (`--no-recover` skips it; on Qwen2.5-Coder-0.5B it did not apply until the learning-rate backoff was added, see `dev/recover_qwen20.json` and `dev/recover_qwen20_backoff.json` below).", ""]
         o += recovery_rows_table(q, dev)
         o.append(source(("quality_recover.json", commits_of(q)), ("dev/recover_smol20.json",
                                                                    commits_of(dev, dev["rows"]))))
@@ -746,7 +746,7 @@ def sec_recovery(R: Results) -> list[str]:
     def qwen(q, dev):
         doms = q["report_domains"]
         g = f"geomean_{q.get('seq_len', SEQ)}"
-        worst = {k: max(r["ppl"][d] / q["rows"]["dense"]["ppl"][d] for d in doms)
+        worst = {k: max(qppl(r, d) / qppl(q["rows"]["dense"], d) for d in doms)
                  for k, r in q["rows"].items() if k != "dense"}
         o = ["Qwen2.5-Coder-0.5B-Instruct at 20 %, default settings (learning-rate backoff on, 512 sequences):", ""]
         o += recovery_rows_table(q, dev)
