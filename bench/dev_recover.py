@@ -43,10 +43,8 @@ VARIANTS: dict[str, dict | None] = {
     "all-lr2e-5": dict(params="all", lr=2e-5),
     "all-1024": dict(params="all", lr=5e-5, num_samples=1024),
     "all-hid1": dict(params="all", lr=5e-5, hidden_weight=1.0),
-    "all-hid01": dict(params="all", lr=5e-5, hidden_weight=0.1),
     "all-b4": dict(params="all", lr=5e-5, batch_size=4),
     "all-lr1e-4": dict(params="all", lr=1e-4),
-    "all-hid1-lr1e-4": dict(params="all", lr=1e-4, hidden_weight=1.0),
     "all-2ep": dict(params="all", lr=5e-5, epochs=2.0),
 }
 

@@ -251,7 +251,7 @@ def _train_step(student, teacher, batch, opt, params, cfg: RecoverConfig, lr: fl
 
 
 def fit(student, teacher, train: torch.LongTensor, heldout: torch.LongTensor, cfg: RecoverConfig, *,
-        trained: list[str], progress: bool = True, start_state=None) -> FitResult:
+        trained: list[str], start_state, progress: bool = True) -> FitResult:
     """Minimise KL(teacher || student) over ``train``, keeping the weights best on ``heldout``.
 
     An evaluation without a gain puts the best weights so far back (``start_state()`` gives the
@@ -261,9 +261,6 @@ def fit(student, teacher, train: torch.LongTensor, heldout: torch.LongTensor, cf
     device = next(student.parameters()).device
     named = dict(student.named_parameters())
     params = [named[n] for n in trained]
-    if start_state is None and cfg.backoff:
-        snapshot = {n: named[n].detach().clone() for n in trained}
-        start_state = lambda: snapshot  # noqa: E731
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, int(cfg.epochs * train.shape[0]) // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
