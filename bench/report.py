@@ -2023,7 +2023,8 @@ README_BLOCKS = {
 # ----------------------------------------------------------------------------------------------- peers
 
 
-PEER_ORDER = ["olica", "flap", "slicegpt", "slicegpt-untied"]
+PEERS_15B = "quality_peers_qwen15.json"  # the third model's rows, rendered once measured
+PEER_ORDER = ["paper", "olica", "flap", "slicegpt", "slicegpt-untied", "wanda-sp"]
 
 
 def peer_table(d) -> list[str]:
@@ -2074,7 +2075,8 @@ def sec_peers(R: Results) -> list[str]:
            "the final state through the embedding's leading PCA directions. `slicegpt-untied` is a diagnostic of "
            "that choice: the same slicing with the authors' full-width untied head, more parameters than dense "
            "(a negative `params removed`). Nothing here was tuned on these rows.", ""]
-    for f in ("quality_peers.json", "quality_peers_qwen.json"):
+    for f, optional in (("quality_peers.json", False), ("quality_peers_qwen.json", False),
+                        (PEERS_15B, True)):
         def body(d, f=f):
             o = [f"**{d.get('model', '?')}** (calibration: {d.get('calibration', '?')}; {d.get('device', '?')}):",
                  ""]
@@ -2084,9 +2086,10 @@ def sec_peers(R: Results) -> list[str]:
             o.append(source((f, commits_of(d, d["rows"]))))
             o.append("")
             return o
-        out += block(R, [f], body)
+        out += block(R, [f], body, optional=optional)
     out += block(R, ["behaviour_peers.json"], peer_behaviour, optional=True)
-    out += block(R, ["model_check_qwen15.json"], model_check, optional=True)
+    pruned = "its pruned rows are above" if R.exists(PEERS_15B) else "no pruned rows yet"
+    out += block(R, ["model_check_qwen15.json"], lambda d: model_check(d, pruned), optional=True)
     return out
 
 
@@ -2104,14 +2107,14 @@ def peer_behaviour(d) -> list[str]:
     return o
 
 
-def model_check(d) -> list[str]:
+def model_check(d, pruned: str) -> list[str]:
     dims = d["dims"]
     return [f"The third model, `{d['model']}` (opt-in alias; joined GGUF sha256 `{d['sha256'][:12]}…`), resolves "
             f"and loads: {dims['layers']} layers, hidden {dims['hidden']}, {dims['heads']} heads / "
             f"{dims['kv_heads']} KV, FFN {dims['intermediate']}, {'tied' if dims['tied'] else 'untied'} head, "
             f"{d['params'] / 1e9:.2f} B parameters; it answers "
             f"{d['chat_n']} chat questions with exact-match {f3(d['chat_exact_match'])} (transformers, fp32). "
-            f"No pruned rows yet. " + source(("model_check_qwen15.json", commits_of(d))), ""]
+            f"{pruned[0].upper()}{pruned[1:]}. " + source(("model_check_qwen15.json", commits_of(d))), ""]
 
 
 # ----------------------------------------------------------------------------------------------- assembly

@@ -11,6 +11,7 @@ with ``architectures: ["OlicaForCausalLM"]`` is loaded.
 from __future__ import annotations
 
 import logging
+import os
 
 ARCHITECTURE = "OlicaForCausalLM"
 MODEL_CLASS = "olica_serve.model:OlicaForCausalLM"
@@ -34,7 +35,25 @@ def register() -> bool:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
     _register_config_check()
+    _reusable_cpu_compile()
     return True
+
+
+def _reusable_cpu_compile() -> None:
+    # On CPU, vLLM 0.32 compiles the whole model with plain Inductor, and its AOT compile cache
+    # cannot load what it saved there (the load fails with "'function' object has no attribute
+    # 'finalize_loading'" and vLLM compiles again): every `vllm serve` start pays the full
+    # compile. With AOT off, torch.compile's own caches are used, and a restart of a model
+    # compiled before takes about half as long (59 s against ~120 s for SmolLM2 on 2 cores).
+    # Set here, in every vLLM process before the model is compiled; a user's own value wins.
+    if "VLLM_USE_AOT_COMPILE" in os.environ:
+        return
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return
+    if current_platform.is_cpu():
+        os.environ["VLLM_USE_AOT_COMPILE"] = "0"
 
 
 def _register_config_check() -> None:
