@@ -1,4 +1,4 @@
-"""The real bundled model (SmolLM2-135M) pruned at 20 %: quality against the baselines.
+"""The real bundled model (SmolLM2-135M) pruned at 20 %: quality against wanda-sp.
 
 Perplexity on one DEV domain of the evaluation suite (``news``: Australian news
 articles, non-overlapping 128-token chunks), never on the calibration text:
@@ -34,12 +34,12 @@ def chunks():
     return eval_chunks(tok, str(suite.text_dir() / f"{DOMAIN}.txt"), seq_len=128, max_chunks=MAX_CHUNKS)
 
 
-def test_olica_beats_both_baselines_at_20_percent(real_prunes, chunks, capsys):
+def test_olica_beats_wanda_sp_at_20_percent(real_prunes, chunks, capsys):
     torch.set_grad_enabled(False)
     dense = load_causal_lm(resolve_model("smollm2-135m"))
     ppl = {"dense": perplexity(dense, chunks, progress=False)}
     agree = {}
-    for method in ("olica", "wanda-sp", "magnitude"):
+    for method in ("olica", "wanda-sp"):  # not magnitude: its ~1e7 perplexity bounds nothing
         path = real_prunes.get(method)
         model = load_causal_lm(path)
         ppl[method] = perplexity(model, chunks, progress=False)
@@ -54,7 +54,6 @@ def test_olica_beats_both_baselines_at_20_percent(real_prunes, chunks, capsys):
               + "; top-1 agreement with dense: " + ", ".join(f"{k} {v:.3f}" for k, v in agree.items()))
     assert ppl["dense"] < ppl["olica"]  # pruning without retraining does cost something
     assert rise["olica"] <= RISE_RATIO_BOUND * rise["wanda-sp"]
-    assert ppl["olica"] < ppl["magnitude"]
     assert agree["olica"] > agree["wanda-sp"]
 
 
