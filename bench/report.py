@@ -2066,9 +2066,10 @@ def peer_summary(d) -> str:
         o = olica.get(r["sparsity"])
         if r["method"] == "olica" or o is None:
             continue
-        wins = sum(qppl(o, dm) < qppl(r, dm) for dm in doms)
-        parts.append(f"at {spct(r['sparsity'])} Olica is lower than {r['method']} on {wins} of {len(doms)} "
-                     f"domains ({ppl(o[f'geomean_{SEQ}'])} against {ppl(r[f'geomean_{SEQ}'])})")
+        lost = [dm for dm in doms if not qppl(o, dm) < qppl(r, dm)]
+        parts.append(f"at {spct(r['sparsity'])} Olica is lower than {r['method']} on {len(doms) - len(lost)} of "
+                     f"{len(doms)} domains ({ppl(o[f'geomean_{SEQ}'])} against {ppl(r[f'geomean_{SEQ}'])})"
+                     + (f", not on {listing(lost)}" if lost else ""))
     missing = sorted({r["sparsity"] for r in d["rows"] if r["method"] != "olica"} - set(olica))
     text = ("; ".join(parts) + ".") if parts else "No sparsity has both an Olica row and a peer row yet."
     if missing:
@@ -2093,6 +2094,8 @@ def sec_peers(R: Results) -> list[str]:
                  ""]
             o += peer_table(d)
             o.append(peer_summary(d))
+            if f == PEERS_15B and not any(r["method"] == "paper" for r in d["rows"]):
+                o[-1] += " The paper preset was not run at this size."
             o.append("")
             o.append(source((f, commits_of(d, d["rows"]))))
             o.append("")
