@@ -1244,15 +1244,18 @@ def sec_serving(R: Results) -> list[str]:
         return o
 
     out += block(R, ["serving_qwen.json", "serving_qwen_kl.json"], qwen)
-    out += block(R, ["serving_qwen15.json"], serving_qwen15, optional=True)
+    out += block(R, ["serving_qwen15.json"], lambda d: serving_qwen15(d, R), optional=True)
     out += block(R, ["demo_run.json"], demo_run)
     return out
 
 
-def serving_qwen15(d) -> list[str]:
+def serving_qwen15(d, R: Results) -> list[str]:
     """The largest real model here, Qwen2.5-Coder-1.5B: dense against its retraining-free 20 % prune."""
     o = ["### Qwen2.5-Coder-1.5B", "", f"{serving_protocol(d)} The pruned checkpoint is the retraining-free "
          "20 % prune of the peers table (recovery changes weights, not shapes, so not the speed).", ""]
+    if R.exists("serving_qwen15.png"):
+        R.used.add("serving_qwen15.png")
+        o += [f"![serving, Qwen2.5-Coder-1.5B]({LINK}/serving_qwen15.png)", ""]
     o += serving_table(d)
     o.append(source(("serving_qwen15.json", commits_of(d))))
     o.append("")
