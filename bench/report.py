@@ -1178,12 +1178,7 @@ def sec_serving(R: Results) -> list[str]:
              "`LlamaForCausalLM` with the pruned checkpoint's parameter count (random weights). `vllm serve` binds "
              "its engine to one core and keeps the other for the API server (vLLM's default), so absolute numbers "
              "are one core's.", ""]
-        if R.exists("serving.png"):
-            R.used.add("serving.png")
-            o += [f"![output tokens/s and TPOT against concurrency]({LINK}/serving.png)", ""]
-        o += serving_table(d)
-        o.append(source(("serving.json", commits_of(d))))
-        o.append("")
+        o += serving_chart_table(R, d, "serving.json", "output tokens/s and TPOT against concurrency")
         o.append(vs_native_line(d))
         o.append("")
         o += ["The 20 % checkpoint (uniform allocation) against the goals:"] + serving_goals(d) + [""]
@@ -1200,12 +1195,7 @@ def sec_serving(R: Results) -> list[str]:
     def kl(d):
         o = ["The default checkpoint (kl allocation: FFN widths differ per layer), measured the same way with "
              "dense and native re-measured in the same run:", ""]
-        if R.exists("serving_kl.png"):
-            R.used.add("serving_kl.png")
-            o += [f"![serving, kl default checkpoint]({LINK}/serving_kl.png)", ""]
-        o += serving_table(d)
-        o.append(source(("serving_kl.json", commits_of(d))))
-        o.append("")
+        o += serving_chart_table(R, d, "serving_kl.json", "serving, kl default checkpoint")
         o.append(vs_native_line(d))
         o.append("")
         o += ["Against the goals:"] + serving_goals(d) + [""]
@@ -1253,13 +1243,17 @@ def serving_qwen15(d, R: Results) -> list[str]:
     """The largest real model here, Qwen2.5-Coder-1.5B: dense against its retraining-free 20 % prune."""
     o = ["### Qwen2.5-Coder-1.5B", "", f"{serving_protocol(d)} The pruned checkpoint is the retraining-free "
          "20 % prune of the peers table (recovery changes weights, not shapes, so not the speed).", ""]
-    if R.exists("serving_qwen15.png"):
-        R.used.add("serving_qwen15.png")
-        o += [f"![serving, Qwen2.5-Coder-1.5B]({LINK}/serving_qwen15.png)", ""]
-    o += serving_table(d)
-    o.append(source(("serving_qwen15.json", commits_of(d))))
-    o.append("")
-    return o
+    return o + serving_chart_table(R, d, "serving_qwen15.json", "serving, Qwen2.5-Coder-1.5B")
+
+
+def serving_chart_table(R: Results, d, name: str, alt: str) -> list[str]:
+    """A serving result's chart (when its PNG exists), table and source line."""
+    png = name.replace(".json", ".png")
+    o = []
+    if R.exists(png):
+        R.used.add(png)
+        o += [f"![{alt}]({LINK}/{png})", ""]
+    return o + serving_table(d) + [source((name, commits_of(d))), ""]
 
 
 GAP_LABEL = {
