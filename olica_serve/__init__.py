@@ -44,7 +44,7 @@ def _reusable_cpu_compile() -> None:
     # cannot load what it saved there (the load fails with "'function' object has no attribute
     # 'finalize_loading'" and vLLM compiles again): every `vllm serve` start pays the full
     # compile. With AOT off, torch.compile's own caches are used, and a restart of a model
-    # compiled before takes about half as long (59 s against ~120 s for SmolLM2 on 2 cores).
+    # compiled before is much faster (SmolLM2 on 2 busy cores: 43-59 s against ~150 s).
     # Set here, in every vLLM process before the model is compiled; a user's own value wins.
     if "VLLM_USE_AOT_COMPILE" in os.environ:
         return
