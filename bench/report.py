@@ -2099,7 +2099,7 @@ def sec_peers(R: Results) -> list[str]:
             return o
         out += block(R, [f], body, optional=optional)
     out += block(R, ["behaviour_peers.json"], peer_behaviour, optional=True)
-    pruned = "its pruned rows are above" if R.exists(PEERS_15B) else "no pruned rows yet"
+    pruned = "Its pruned rows are above." if R.exists(PEERS_15B) else "No pruned rows yet."
     out += block(R, ["model_check_qwen15.json"], lambda d: model_check(d, pruned), optional=True)
     return out
 
@@ -2119,13 +2119,14 @@ def peer_behaviour(d) -> list[str]:
 
 
 def model_check(d, pruned: str) -> list[str]:
+    """``pruned``: the sentence saying where (or whether) the model's pruned rows are."""
     dims = d["dims"]
     return [f"The third model, `{d['model']}` (opt-in alias; joined GGUF sha256 `{d['sha256'][:12]}…`), resolves "
             f"and loads: {dims['layers']} layers, hidden {dims['hidden']}, {dims['heads']} heads / "
             f"{dims['kv_heads']} KV, FFN {dims['intermediate']}, {'tied' if dims['tied'] else 'untied'} head, "
             f"{d['params'] / 1e9:.2f} B parameters; it answers "
             f"{d['chat_n']} chat questions with exact-match {f3(d['chat_exact_match'])} (transformers, fp32). "
-            f"{pruned[0].upper()}{pruned[1:]}. " + source(("model_check_qwen15.json", commits_of(d))), ""]
+            f"{pruned} " + source(("model_check_qwen15.json", commits_of(d))), ""]
 
 
 # ----------------------------------------------------------------------------------------------- assembly
