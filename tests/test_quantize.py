@@ -119,24 +119,19 @@ def test_refuses_a_quantized_source_and_writing_over_the_source(quantized, olica
 
 
 def _teacher_forced_agreement(path: Path, ref, *, quantization: str | None = None) -> float:
-    import gc
-    import os
-
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from tests.test_vllm_model import prompts
+    from tests.test_vllm_model import close_engine, engine_env, prompts
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     seqs = [list(p) + list(toks) for p, (toks, _) in zip(prompts(), ref, strict=True)]
-    llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True, max_model_len=128,
-              seed=0, quantization=quantization)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
-                        SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False),
-                        use_tqdm=False)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
+    with engine_env():
+        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True,
+                  max_model_len=128, seed=0, quantization=quantization)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
+                            SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False),
+                            use_tqdm=False)
+        close_engine(llm)
     hits = total = 0
     for seq, p, o in zip(seqs, prompts(), outs, strict=True):
         for pos in range(len(p), len(seq)):  # position pos is predicted from seq[:pos]
