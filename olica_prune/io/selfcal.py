@@ -195,6 +195,9 @@ def _vllm_stream(model_dir: Path, tokenizer, *, num_samples: int, seq_len: int, 
         # A CPU KV cache that holds every request at once: with the 1 GiB many setups use,
         # vLLM preempts and recomputes requests, and SmolLM2's sampling ran 2.7x slower.
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("OLICA_SELFCAL_KV_GIB", "4"))
+        # The child is already a process of its own: its engine core runs in it rather than in
+        # a third process (that one costs ~17 s of start-up on 2 cores).
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         code, logs = _run_child(cmd, env=env, show_stderr=progress)
         if code != 0 or not out.is_file():
             raise SamplerError(f"self-calibration with vLLM failed (exit {code}): {_root_cause(logs)}")
