@@ -341,12 +341,14 @@ def test_behaviour_main_table_json_and_reference(monkeypatch, capsys):
 # ---------------------------------------------------------------------------- through vLLM
 
 # |sum of choice logprobs, vLLM - transformers|, fp32 on CPU, per choice
-LL_ATOL = 2e-3  # observed 2.2e-05 (30 choices, 2 layers, vocab 49152)
+LL_ATOL = 2e-4  # observed 2.2e-05 (30 choices, 2 layers, vocab 49152)
 
 
 @pytest.mark.vllm
-def test_behaviour_end_to_end_through_vllm(tmp_path):
+def test_behaviour_end_to_end_through_vllm(tmp_path, monkeypatch):
     import vllm  # noqa: F401  (a missing vLLM fails this test, it does not skip it)
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in-process: ~17 s less start-up
     from transformers import AutoTokenizer
 
     from olica_prune.model.modeling import load_causal_lm

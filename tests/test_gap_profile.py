@@ -109,5 +109,6 @@ def test_every_gemm_category_is_seen_in_vllm(tmp_path):
     step = gap.decode_step(r, 4)
     for c in ("qkv", "o_proj", "gate_up", "down", "lm_head", "attention"):
         assert r["full"][c] > 0, c
-    assert r["full"]["_model_forward"] > sum(r["full"][c] for c in gap.GEMMS)
+    # the layers' GEMMs run inside the model's forward; the logits GEMM (lm_head) runs after it
+    assert r["full"]["_model_forward"] > sum(r["full"][c] for c in gap.GEMMS if c != "lm_head")
     assert set(step) == set(gap.CATEGORIES)

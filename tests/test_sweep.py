@@ -54,8 +54,22 @@ def dense_dir(tmp_path_factory):
 def test_sweep_writes_json_and_png_and_resumes(dense_dir, tmp_path, capsys, monkeypatch):
     import vllm  # noqa: F401  (a missing vLLM fails this test)
 
+    # The pruned point is served and measured for real; the dense point's serving (the same
+    # function on another checkpoint) is taken from a stand-in to spare the suite one more server.
+    real_measure, served = S.measure_serving, []
+
+    def dense_stand_in(ckpt, *, name, **kw):
+        served.append(name)
+        if name != "dense":
+            return real_measure(ckpt, name=name, **kw)
+        scenario = {"name": "c4", "input_len": 16, "output_len": 8, "concurrency": 4, "num_prompts": 8}
+        return {"output_tok_s": 50.0, "serving": {"scenario": scenario, "output_throughput": 50.0,
+                                                  "median_tpot_ms": 20.0}}
+
+    monkeypatch.setattr(S, "measure_serving", dense_stand_in)
     out = tmp_path / "sweep"
     assert main(["sweep", str(dense_dir), "-o", str(out), *ARGS]) == 0
+    assert served == ["dense", "olica-0.2"]
     printed = capsys.readouterr().out
     assert "olica 20%" in printed and "dense" in printed and "wrote" in printed
     result = json.loads((out / "sweep.json").read_text())
@@ -72,6 +86,7 @@ def test_sweep_writes_json_and_png_and_resumes(dense_dir, tmp_path, capsys, monk
     assert (out / "logs" / "server-olica-0.2.log").is_file()
     assert abs(points["olica", 0.2]["achieved"] - 0.2) < 0.01
     assert points["dense", 0.0]["speedup"] == 1.0 and points["dense", 0.0]["ppl_ratio"] == 1.0
+    assert points["olica", 0.2]["speedup"] == round(points["olica", 0.2]["output_tok_s"] / 50.0, 3)
     assert (out / "olica-0.2" / "config.json").is_file()  # checkpoints kept by default
     pixels = read_png(out / "sweep.png")
     assert pixels.shape[:2] == (600, 900)
