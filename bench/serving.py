@@ -52,7 +52,8 @@ from native import native_model_for, param_count, read_config  # noqa: E402
 
 from olica_prune.eval import suite  # noqa: E402
 from olica_prune.contract import ModelDims, OlicaSpec  # noqa: E402
-from olica_serve.speed import METRICS, Scenario, decode_scenario, measure, prefill_scenario, server_args  # noqa: E402
+from olica_serve.speed import (METRICS, Scenario, decode_scenario, measure, prefill_scenario,  # noqa: E402
+                               preload, server_args)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -72,6 +73,7 @@ def serve_and_bench(kind: str, path: Path, tokenizer: Path, scenarios: list[Scen
     server = VllmServer(path, *extra, name=name, log_path=workdir / f"server-{kind}-{rnd}.log",
                         timeout=args.startup_timeout)
     out = {"kind": kind, "round": rnd, "scenarios": {}}
+    preload()  # the benchmark client imports while the server starts
     with server:
         out["startup_s"] = server.startup_s
         log = server.log_path.read_text(errors="replace")

@@ -7,14 +7,26 @@ model with :func:`server_args` and call :func:`measure` with a
 printed: random prompts of a fixed length, exactly ``output_len`` tokens out
 (``ignore_eos``), ``concurrency`` requests in flight, greedy, no prefix cache,
 a few warm-up requests first.
+
+The benchmark client runs in the calling process (``vllm.benchmarks.serve``, what
+the ``vllm bench serve`` command runs), its output in a log file: a command of its
+own spends ~12 s of the 2 cores importing vLLM for every scenario. :func:`preload`
+imports it in the background while a server starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
-import subprocess
+import os
+import sys
+import threading
+import traceback
 from pathlib import Path
+
+BENCH_MODULE = "vllm.benchmarks.serve"
 
 # what `vllm bench serve` reports that the results keep
 METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
@@ -68,6 +80,51 @@ def bench_command(base_url: str, model_name: str, tokenizer: str, scenario: Scen
             "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
 
 
+def preload() -> None:
+    """Start importing the benchmark client in a background thread (~10 s on 2 CPU cores), e.g.
+    while a server compiles; :func:`measure` then finds it imported."""
+    threading.Thread(target=importlib.import_module, args=(BENCH_MODULE,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _output_to(log):
+    """Everything written to stdout/stderr (Python's streams and the C-level file descriptors,
+    which logging handlers created earlier still write to) goes to the open file ``log``."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        log.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def run_client(cmd: list[str], log: Path) -> int:
+    """Run ``vllm bench serve`` (``cmd``, from :func:`bench_command`) in this process with its
+    output in ``log``; returns 0, or 1 after writing the error to the log."""
+    bench = importlib.import_module(BENCH_MODULE)
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    bench.add_cli_args(parser)
+    with open(log, "w", buffering=1) as f, _output_to(f):
+        print("$ " + " ".join(cmd))
+        try:
+            bench.main(parser.parse_args(cmd[3:]))  # after "vllm bench serve"
+        except (Exception, SystemExit):  # a failed benchmark is reported by its log; Ctrl-C still stops
+            traceback.print_exc()
+            return 1
+    return 0
+
+
 def measure(server, model_name: str, tokenizer: str | Path, scenario: Scenario, *, workdir: Path,
             tag: str | None = None, seed: int = 0) -> dict:
     """Run one scenario against ``server`` (an ``olica_serve.server.VllmServer``); returns ``METRICS``.
@@ -79,12 +136,11 @@ def measure(server, model_name: str, tokenizer: str | Path, scenario: Scenario, 
     result_file, log = f"{tag}.json", workdir / f"{tag}.log"
     cmd = bench_command(server.base_url, model_name, str(tokenizer), scenario, seed=seed, result_dir=workdir,
                         result_file=result_file)
-    with open(log, "wb") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    code = run_client(cmd, log)
     path = workdir / result_file
-    if proc.returncode != 0 or not path.is_file():
+    if code != 0 or not path.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"vllm bench serve failed for {tag} (exit {proc.returncode}); log {log}:\n{tail}")
+        raise RuntimeError(f"vllm bench serve failed for {tag}; log {log}:\n{tail}")
     raw = json.loads(path.read_text())
     if raw.get("completed") != scenario.num_prompts:
         raise RuntimeError(f"{tag}: {raw.get('completed')} of {scenario.num_prompts} requests completed")

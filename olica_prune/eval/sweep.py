@@ -35,13 +35,14 @@ def measure_serving(ckpt: str | Path, *, name: str, tokenizer: str | Path, concu
     (``concurrency`` requests in flight, one request per slot, at least 8), as ``bench/serving.py``
     measures it; the benchmark's metrics are kept under ``serving``."""
     from olica_serve.server import VllmServer
-    from olica_serve.speed import decode_scenario, measure, server_args
+    from olica_serve.speed import decode_scenario, measure, preload, server_args
 
     scenario = decode_scenario(concurrency, input_len=input_len, output_len=output_len, prompts_per_slot=1)
     args = server_args(dtype=dtype, max_model_len=input_len + output_len + 16, max_num_seqs=concurrency,
                        enforce_eager=eager)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    preload()  # the benchmark client imports while the server starts
     with VllmServer(ckpt, *args, name=name, log_path=workdir / f"server-{name}.log", timeout=900) as server:
         r = measure(server, name, tokenizer, scenario, workdir=workdir, tag=name)
     return {"output_tok_s": r["output_throughput"], "serving": {"scenario": dataclasses.asdict(scenario), **r}}

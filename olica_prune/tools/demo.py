@@ -31,8 +31,9 @@ PUBLISHED = Path(__file__).resolve().parents[2] / "bench" / "results" / "serving
 def vllm_server(model_dir: str | Path, *, name: str, enforce_eager: bool = False, timeout: float = 900.0):
     """``vllm serve`` with the speed measurer's settings, for the duration of a ``with`` block."""
     from olica_serve.server import VllmServer
-    from olica_serve.speed import server_args
+    from olica_serve.speed import preload, server_args
 
+    preload()  # the benchmark client imports while the server starts
     args = server_args(max_model_len=1041, max_num_seqs=64, enforce_eager=enforce_eager)
     return VllmServer(model_dir, *args, name=name, kv_cache_gib=2, timeout=timeout)
 
