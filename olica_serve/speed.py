@@ -8,25 +8,32 @@ printed: random prompts of a fixed length, exactly ``output_len`` tokens out
 (``ignore_eos``), ``concurrency`` requests in flight, greedy, no prefix cache,
 a few warm-up requests first.
 
-The benchmark client runs in the calling process (``vllm.benchmarks.serve``, what
-the ``vllm bench serve`` command runs), its output in a log file: a command of its
-own spends ~12 s of the 2 cores importing vLLM for every scenario. :func:`preload`
-imports it in the background while a server starts.
+The benchmark client is vLLM's (``vllm.benchmarks.serve``, what ``vllm bench serve``
+runs), in a process of its own as the command runs it, so that nothing else in the
+measuring process shares its event loop. Starting it costs ~10 s of imports on
+2 cores, so :func:`preload` starts one while a server starts, and :func:`measure`
+hands it its arguments.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import dataclasses
-import importlib
 import json
-import os
+import subprocess
 import sys
-import threading
-import traceback
+import tempfile
 from pathlib import Path
 
-BENCH_MODULE = "vllm.benchmarks.serve"
+# The client process: imports first, then reads its argument list (one JSON line) and runs.
+_CLIENT = ("import json, sys\n"
+           "from vllm.benchmarks.serve import add_cli_args, main\n"
+           "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+           "argv = json.loads(sys.stdin.readline())\n"
+           "parser = FlexibleArgumentParser()\n"
+           "add_cli_args(parser)\n"
+           "main(parser.parse_args(argv))\n")
+_warm: dict[str, object] = {}  # the preloaded client: its process and its output file
 
 # what `vllm bench serve` reports that the results keep
 METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
@@ -80,49 +87,43 @@ def bench_command(base_url: str, model_name: str, tokenizer: str, scenario: Scen
             "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
 
 
+def _start_client() -> tuple[subprocess.Popen, Path]:
+    out = Path(tempfile.mkstemp(prefix="olica-bench-", suffix=".log")[1])
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-c", _CLIENT], stdin=subprocess.PIPE, stdout=f,
+                                stderr=subprocess.STDOUT)
+    return proc, out
+
+
 def preload() -> None:
-    """Start importing the benchmark client in a background thread (~10 s on 2 CPU cores), e.g.
-    while a server compiles; :func:`measure` then finds it imported."""
-    threading.Thread(target=importlib.import_module, args=(BENCH_MODULE,), daemon=True).start()
+    """Start a benchmark client now (it imports while e.g. a server compiles); the next
+    :func:`measure` uses it instead of starting one."""
+    if "proc" not in _warm:
+        _warm["proc"], _warm["out"] = _start_client()
+        atexit.register(_drop_unused_client)
 
 
-@contextlib.contextmanager
-def _output_to(log):
-    """Everything written to stdout/stderr (Python's streams and the C-level file descriptors,
-    which logging handlers created earlier still write to) goes to the open file ``log``."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        log.flush()
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
+def _drop_unused_client() -> None:
+    if "proc" in _warm:
+        _warm.pop("proc").kill()
+        _warm.pop("out").unlink(missing_ok=True)
 
 
 def run_client(cmd: list[str], log: Path) -> int:
-    """Run ``vllm bench serve`` (``cmd``, from :func:`bench_command`) in this process with its
-    output in ``log``; returns 0, or 1 after writing the error to the log."""
-    bench = importlib.import_module(BENCH_MODULE)
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    bench.add_cli_args(parser)
-    with open(log, "w", buffering=1) as f, _output_to(f):
-        print("$ " + " ".join(cmd))
-        try:
-            bench.main(parser.parse_args(cmd[3:]))  # after "vllm bench serve"
-        except (Exception, SystemExit):  # a failed benchmark is reported by its log; Ctrl-C still stops
-            traceback.print_exc()
-            return 1
-    return 0
+    """Run ``vllm bench serve`` (``cmd``, from :func:`bench_command`) in the preloaded client, or
+    a new one; its output goes to ``log`` after the command line. Returns its exit code."""
+    proc, out = (_warm.pop("proc"), _warm.pop("out")) if "proc" in _warm else _start_client()
+    try:
+        proc.communicate((json.dumps(cmd[3:]) + "\n").encode())  # after "vllm bench serve"
+    except BaseException:  # Ctrl-C: stop the client too
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        with open(log, "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n" + out.read_text(errors="replace"))
+        out.unlink(missing_ok=True)
+    return proc.returncode
 
 
 def measure(server, model_name: str, tokenizer: str | Path, scenario: Scenario, *, workdir: Path,
@@ -140,7 +141,7 @@ def measure(server, model_name: str, tokenizer: str | Path, scenario: Scenario, 
     path = workdir / result_file
     if code != 0 or not path.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"vllm bench serve failed for {tag}; log {log}:\n{tail}")
+        raise RuntimeError(f"vllm bench serve failed for {tag} (exit {code}); log {log}:\n{tail}")
     raw = json.loads(path.read_text())
     if raw.get("completed") != scenario.num_prompts:
         raise RuntimeError(f"{tag}: {raw.get('completed')} of {scenario.num_prompts} requests completed")
