@@ -33,7 +33,7 @@ _CLIENT = ("import json, sys\n"
            "parser = FlexibleArgumentParser()\n"
            "add_cli_args(parser)\n"
            "main(parser.parse_args(argv))\n")
-_warm: dict[str, object] = {}  # the preloaded client: its process and its output file
+_preloaded: list[tuple[subprocess.Popen, Path]] = []  # at most one client: its process and its output file
 
 # what `vllm bench serve` reports that the results keep
 METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
@@ -98,21 +98,22 @@ def _start_client() -> tuple[subprocess.Popen, Path]:
 def preload() -> None:
     """Start a benchmark client now (it imports while e.g. a server compiles); the next
     :func:`measure` uses it instead of starting one."""
-    if "proc" not in _warm:
-        _warm["proc"], _warm["out"] = _start_client()
-        atexit.register(_drop_unused_client)
+    if not _preloaded:
+        _preloaded.append(_start_client())
 
 
+@atexit.register
 def _drop_unused_client() -> None:
-    if "proc" in _warm:
-        _warm.pop("proc").kill()
-        _warm.pop("out").unlink(missing_ok=True)
+    for proc, out in _preloaded:
+        proc.kill()
+        out.unlink(missing_ok=True)
+    _preloaded.clear()
 
 
 def run_client(cmd: list[str], log: Path) -> int:
     """Run ``vllm bench serve`` (``cmd``, from :func:`bench_command`) in the preloaded client, or
     a new one; its output goes to ``log`` after the command line. Returns its exit code."""
-    proc, out = (_warm.pop("proc"), _warm.pop("out")) if "proc" in _warm else _start_client()
+    proc, out = _preloaded.pop() if _preloaded else _start_client()
     try:
         proc.communicate((json.dumps(cmd[3:]) + "\n").encode())  # after "vllm bench serve"
     except BaseException:  # Ctrl-C: stop the client too

@@ -153,7 +153,7 @@ def test_a_preloaded_client_runs_the_command_and_a_failed_run_is_named(tmp_path)
     with pytest.raises(RuntimeError, match=r"nowhere-c2: 0 of 8 requests completed"):
         speed.measure(NoServer(), "nowhere", resolve_model("smollm2-135m"),
                       decode_scenario(2, input_len=8, output_len=4), workdir=tmp_path)
-    assert "proc" not in speed._warm  # the preloaded client was the one used
+    assert not speed._preloaded  # the preloaded client was the one used
     log = (tmp_path / "nowhere-c2.log").read_text()
     assert log.startswith("$ ") and " bench serve " in log and "--max-concurrency 2" in log
     assert "All requests failed" in log  # the client's own output

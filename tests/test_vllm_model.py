@@ -139,19 +139,12 @@ def engine_env(workers: int = 1):
     per worker, and the engine core in this process (TP/PP workers are still processes of
     their own): vLLM's separate engine-core process adds ~17 s to every start on 2 cores and
     runs the same model code."""
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    if workers > 1:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(workers))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if workers > 1:
+            env.setenv("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(workers)))
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def close_engine(llm) -> None:
@@ -179,8 +172,8 @@ def vllm_greedy(path: Path, *, tp: int = 1, pp: int = 1, dtype: str = "float32",
                                 detokenize=False)
         results = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts()], params, use_tqdm=False)
         close_engine(llm)
-    return [(list(r.outputs[0].token_ids), [{t: lp.logprob for t, lp in step.items()} for step in r.outputs[0].logprobs])
-            for r in results]
+    return [(list(c.token_ids), [{t: lp.logprob for t, lp in step.items()} for step in c.logprobs])
+            for c in (r.outputs[0] for r in results)]
 
 
 def assert_runs_close(ref: Run, got: Run, *, ref_name: str, got_name: str) -> float:
