@@ -52,7 +52,8 @@ METHODS = {
     "olica-norefit": dict(method="olica", refit_down=False),
     "olica-adaptive": dict(method="olica", allocation="adaptive"),
     "olica-uniform": dict(method="olica", allocation="uniform"),  # every pruned layer loses the same FFN fraction
-    "olica-kl-a3": dict(method="olica", allocation="kl", kl_alpha=3.0),  # the steeper allocation Qwen prefers on dev
+    "olica-kl-a1": dict(method="olica", allocation="kl", kl_alpha=1.0),  # the default below 250 M parameters
+    "olica-kl-a3": dict(method="olica", allocation="kl", kl_alpha=3.0),  # the default from 250 M (Qwen on dev)
     "olica": dict(method="olica"),
     # Retraining-free peers (bench/peers): in-memory models, scored the same way
     "flap": dict(method="flap"),
@@ -248,6 +249,8 @@ def main() -> None:
             return {"method": name, "sparsity": sparsity, "error": str(exc)}
         row = {"method": name, "sparsity": sparsity, "commit": results["commit"], "achieved": rep["sparsity"]["achieved"],
                "prune_s": round(time.perf_counter() - t0, 1), **({"peer": rep["peer"]} if "peer" in rep else {}),
+               # the alpha the pruner resolved (it depends on the model's size when unset)
+               **({"kl_alpha": rep["config"]["kl_alpha"]} if rep.get("config", {}).get("allocation") == "kl" else {}),
                **evaluate(model, dense, chunks, args.device)}
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -50,7 +50,8 @@ def _prune_parser(sub) -> None:
                         "same; the paper's, and the cheapest) or adaptive (units ranked by measured energy)")
     p.add_argument("--kl-alpha", type=float, default=None,
                    help="kl allocation: layer i loses an FFN share proportional to its KL ** -alpha "
-                        "(0 = uniform; default by sparsity: 1 up to 30 %%, falling linearly to 0.25 at 50 %%)")
+                        "(0 = uniform; default by sparsity: 1 up to 30 %%, falling linearly to 0.25 at 50 %%; "
+                        "three times that for models of 250 M parameters or more)")
     p.add_argument("--kl-samples", type=int, default=8,
                    help="kl allocation: calibration sequences the sensitivity pass reads (default 8)")
     p.add_argument("--qk-sparsity", type=float, default=None,

@@ -160,21 +160,45 @@ def test_kl_refusals(src, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_default_alpha_follows_sparsity():
+def test_default_alpha_follows_sparsity_and_model_size():
     # 1 up to 30 %, linear to 0.25 at 50 %, flat after: the dev grid's choice
     assert [default_kl_alpha(s) for s in (0.05, 0.2, 0.3)] == [1.0, 1.0, 1.0]
     assert default_kl_alpha(0.4) == pytest.approx(0.625)
     assert default_kl_alpha(0.5) == default_kl_alpha(0.7) == 0.25
     alphas = [default_kl_alpha(s / 100) for s in range(1, 91)]
     assert all(a >= b for a, b in zip(alphas, alphas[1:]))  # never rises with sparsity
-    # PruneConfig resolves an unset alpha from its sparsity; a given one is kept
-    assert PruneConfig(sparsity=0.2).kl_alpha == 1.0
-    assert PruneConfig(sparsity=0.5).kl_alpha == 0.25
-    assert PruneConfig(sparsity=0.5, kl_alpha=2.0).kl_alpha == 2.0
-    assert PruneConfig(sparsity=0.5, kl_alpha=0.0).kl_alpha == 0.0  # 0 (uniform spread) is a value, not unset
+    # three times as sharp from 250 M parameters (Qwen-0.5B and -1.5B on dev), unchanged below (SmolLM2-135M)
+    assert default_kl_alpha(0.2, 134_515_008) == 1.0
+    assert default_kl_alpha(0.2, 249_999_999) == 1.0
+    assert default_kl_alpha(0.2, 250_000_000) == 3.0
+    assert default_kl_alpha(0.5, 1_777_000_000) == 0.75
+    # PruneConfig leaves an unset alpha to for_model(), which fills it from sparsity and size; a given one is kept
+    assert PruneConfig(sparsity=0.2).kl_alpha is None
+    assert PruneConfig(sparsity=0.2).for_model(134_515_008).kl_alpha == 1.0
+    assert PruneConfig(sparsity=0.2).for_model(494_032_768).kl_alpha == 3.0
+    assert PruneConfig(sparsity=0.5).for_model(100).kl_alpha == 0.25
+    assert PruneConfig(sparsity=0.5, kl_alpha=2.0).for_model(10**9).kl_alpha == 2.0
+    assert PruneConfig(sparsity=0.5, kl_alpha=0.0).for_model(10**9).kl_alpha == 0.0  # 0 (uniform) is a value
 
 
-def test_cli_alpha_default_is_the_schedule(monkeypatch, tmp_path):
+def test_prune_fills_an_unset_alpha_from_the_model_size(src, tmp_path, monkeypatch):
+    import olica_prune.method.budget as budget
+
+    def widths_and_alpha(name, **kw):
+        report = prune(str(src), output=tmp_path / name, progress=False, calibration_ids=_ids(),
+                       config=PruneConfig(sparsity=0.25, align=8, v_align=4, kl_samples=4, spare_ends=False, **kw))
+        return [layer["intermediate_size"] for layer in report["layers"]], report["config"]["kl_alpha"]
+
+    small, small_alpha = widths_and_alpha("small")
+    assert small_alpha == 1.0  # the tiny model is below LARGE_MODEL_PARAMS
+    monkeypatch.setattr(budget, "LARGE_MODEL_PARAMS", 1)  # every model counts as large
+    large, large_alpha = widths_and_alpha("large")
+    assert large_alpha == 3.0
+    assert widths_and_alpha("explicit", kl_alpha=3.0) == (large, 3.0)
+    assert large != small  # the sharper alpha moved FFN width between layers
+
+
+def test_cli_leaves_an_unset_alpha_to_the_pruner(monkeypatch, tmp_path):
     import olica_prune.method.pruner as pruner
 
     seen = []
@@ -182,4 +206,4 @@ def test_cli_alpha_default_is_the_schedule(monkeypatch, tmp_path):
     monkeypatch.setattr(pruner, "summary_line", lambda report: "")
     for sparsity, alpha in (("0.5", []), ("0.2", []), ("0.5", ["--kl-alpha", "2"])):
         assert cli_main(["prune", "m", "--sparsity", sparsity, "--output", str(tmp_path / "x"), *alpha]) == 0
-    assert [(c.allocation, c.kl_alpha) for c in seen] == [("kl", 0.25), ("kl", 1.0), ("kl", 2.0)]
+    assert [(c.allocation, c.kl_alpha) for c in seen] == [("kl", None), ("kl", None), ("kl", 2.0)]

@@ -74,7 +74,7 @@ def plan_widths(dims: ModelDims, *, sparsity: float, qkv_bias: bool, allocation:
     ``sensitivity`` (``kl`` allocation): one non-negative number per layer
     (spared layers' are ignored); ``kl_alpha`` how strongly it moves the FFN
     budget between layers (this function's default is 1; the pruner passes
-    ``default_kl_alpha(sparsity)`` unless told otherwise); with ``kl_vo`` each
+    ``default_kl_alpha(sparsity, dense_params)`` unless told otherwise); with ``kl_vo`` each
     layer's V/O fraction is scaled by the same factor as its FFN fraction
     (otherwise V/O stays uniform).
     """
@@ -217,22 +217,36 @@ def _round_widths(budget: _Budget, ffn_keep: list[float], v_keep: list[float], *
 
 # kl allocation: how strongly the measured sensitivities move the FFN budget,
 # by sparsity. Chosen on SmolLM2-135M's dev domains (bench/results/dev/sweep5,
-# sweep7-10; Qwen2.5-Coder-0.5B's at 10-30 %): up to 30 % alpha 1 wins or ties;
-# at 40 % 0.5 is best (1 is no better than uniform) and at 50 % 0.25 (1 is worse
-# than uniform). Deeper cuts make each layer's probe a larger perturbation and
-# the measured sensitivities spread further apart, so the same alpha moves more.
+# sweep7-10): up to 30 % alpha 1 wins or ties; at 40 % 0.5 is best (1 is no
+# better than uniform) and at 50 % 0.25 (1 is worse than uniform). Deeper cuts
+# make each layer's probe a larger perturbation and the measured sensitivities
+# spread further apart, so the same alpha moves more.
 KL_ALPHA_POINTS = ((0.3, 1.0), (0.5, 0.25))
+# Larger models want a sharper allocation: from LARGE_MODEL_PARAMS parameters up
+# the schedule is KL_ALPHA_LARGE times as steep. Dev domains at 20 %: SmolLM2-135M
+# is best at alpha 1 (3 is 2.2 % worse, sweep7), Qwen2.5-Coder-0.5B at 3-4 (3 is
+# 5.7 % better than 1, sweep6/6b) and Qwen2.5-Coder-1.5B at 3 (17 % better than
+# 1, sweep14). Three models cannot separate size from family; the boundary is the
+# geometric midpoint of 135 M and 494 M. Above 30 % the larger models' schedule
+# is an extrapolation (on Qwen-0.5B at 30 % alpha 2 beat 1 by 0.9 %, sweep6c/8b).
+LARGE_MODEL_PARAMS = 250_000_000
+KL_ALPHA_LARGE = 3.0
 
 
-def default_kl_alpha(sparsity: float) -> float:
+def default_kl_alpha(sparsity: float, dense_params: int | None = None) -> float:
     """The kl allocation's alpha for ``sparsity`` when none is given: 1 up to
-    30 %, then falling linearly to 0.25 at 50 % and staying there."""
+    30 %, then falling linearly to 0.25 at 50 % and staying there; three times
+    that for a model of at least ``LARGE_MODEL_PARAMS`` parameters."""
     (s0, a0), (s1, a1) = KL_ALPHA_POINTS
     if sparsity <= s0:
-        return a0
-    if sparsity >= s1:
-        return a1
-    return a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
+        alpha = a0
+    elif sparsity >= s1:
+        alpha = a1
+    else:
+        alpha = a0 + (a1 - a0) * (sparsity - s0) / (s1 - s0)
+    if dense_params is not None and dense_params >= LARGE_MODEL_PARAMS:
+        alpha *= KL_ALPHA_LARGE
+    return alpha
 
 
 def spread_by_sensitivity(mean_frac: float, sensitivity: list[float], layers: list[int], *, alpha: float,

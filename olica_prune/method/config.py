@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # basis weighted by what the heads read (attention outputs) and exact OND,
         # the kept down_proj columns refitted by a ridge shrunk towards the original
         # columns (ridge 1: half way in each direction's own scale); the FFN budget
-        # spread over the layers by their measured output KL (alpha: budget.default_kl_alpha, by sparsity).
+        # spread over the layers by their measured output KL (alpha: budget.default_kl_alpha, by sparsity and model size).
         "allocation": "kl", "qk_sparsity": "1.5s", "vo_sparsity": "s/2", "calibration": True, "refit_down": True,
         "refit_ridge": 1.0, "vo_stats": "context", "ond": "exact", "ffn_score": "paper", "spare_ends": True,
     },
@@ -65,7 +65,7 @@ class PruneConfig:
     ond: str | None = None  # fast | exact | separate | none  (olica only)
     allocation: str | None = None  # kl (olica preset) | uniform (paper preset, baselines) | adaptive
     kl_alpha: float | None = None  # kl allocation: layer i loses an FFN share ∝ sensitivity_i ** -kl_alpha
-    #                                (None: budget.default_kl_alpha(sparsity), 1 up to 30 %, 0.25 from 50 %)
+    #   (None: budget.default_kl_alpha by sparsity and model size, set by for_model() once the model is known)
     kl_samples: int = 8  # kl allocation: calibration sequences the sensitivity pass reads
     kl_vo: bool = False  # kl allocation: scale each layer's V/O fraction like its FFN fraction (else uniform)
     qk_sparsity: float | None = None  # fraction of Q/K params removed by low rank
@@ -132,9 +132,7 @@ class PruneConfig:
             raise PruneError(f"unknown allocation {self.allocation!r}; choose adaptive, kl or uniform")
         if self.allocation == "kl" and self.method != "olica":
             raise PruneError("kl allocation is an olica option; the baselines prune every layer uniformly")
-        if self.kl_alpha is None:
-            self.kl_alpha = default_kl_alpha(self.sparsity)
-        if not (0 <= self.kl_alpha <= 4):
+        if self.kl_alpha is not None and not (0 <= self.kl_alpha <= 4):
             raise PruneError(f"kl-alpha must be in [0, 4], got {self.kl_alpha}")
         if not (0 <= self.qk_sparsity < 1):
             raise PruneError(f"qk-sparsity must be in [0, 1), got {self.qk_sparsity}")
@@ -153,3 +151,10 @@ class PruneConfig:
                 raise PruneError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise PruneError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
+
+    def for_model(self, dense_params: int) -> PruneConfig:
+        """This config with what depends on the model filled in: an unset kl alpha
+        becomes ``budget.default_kl_alpha`` for this sparsity and model size."""
+        if self.kl_alpha is not None:
+            return self
+        return dataclasses.replace(self, kl_alpha=default_kl_alpha(self.sparsity, dense_params))

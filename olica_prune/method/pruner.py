@@ -62,6 +62,7 @@ def prune(model: str, *, output: str | Path, config: PruneConfig, overwrite: boo
     device = preflight.parse_device(config.device)
     check_output_path(output, overwrite=overwrite)
     source = _open_source(model, output, config, check_tokenizer=calibration_ids is None)
+    config = config.for_model(count_parameters(None, source.dims, qkv_bias=source.qkv_bias))
     # Known before any calibration text is read or sampled, so a bad setting fails at once.
     n_tokens = calibration_ids.numel() if calibration_ids is not None else config.num_samples * config.seq_len
     cal_layers_n = _branch_layer_count(source.dims, config, n_tokens)
