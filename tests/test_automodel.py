@@ -18,15 +18,28 @@ LAYERS = [LayerSpec(q_rank=None, k_rank=None, v_head_dim=16, intermediate_size=1
           LayerSpec(q_rank=32, k_rank=16, v_head_dim=8, intermediate_size=96, calibration_rank=16)]
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2"])
-def checkpoints(request, tmp_path_factory):
-    family = request.param
-    root = tmp_path_factory.mktemp(f"auto-{family}")
+FAMILIES = ["llama", "mistral", "qwen2"]
+
+
+def _save_pair(family: str, root: Path) -> tuple[Path, Path]:
     cfg = tiny_config(family=family, num_layers=2)
     olica = save_model_checkpoint(random_olica_model(cfg, LAYERS, qkv_bias=family == "qwen2", seed=1),
                                   root / "olica")
     dense = save_model_checkpoint(random_dense_model(cfg, seed=2), root / "dense")
-    return family, olica, dense
+    return olica, dense
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def checkpoints(request, tmp_path_factory):
+    family = request.param
+    return (family, *_save_pair(family, tmp_path_factory.mktemp(f"auto-{family}")))
+
+
+@pytest.fixture(scope="module")
+def olica_of_every_family(tmp_path_factory) -> list[str]:
+    """One Olica checkpoint per family, for the tests that start a fresh interpreter
+    (one interpreter checks all three: each start costs seconds)."""
+    return [str(_save_pair(f, tmp_path_factory.mktemp(f"fresh-{f}"))[0]) for f in FAMILIES]
 
 
 def test_automodel_loads_olica_checkpoints_and_dense_ones_as_before(checkpoints):
@@ -54,23 +67,30 @@ def test_automodel_from_config_builds_the_olica_class(checkpoints):
 
 
 @pytest.mark.parametrize("first", ["transformers", "olica_prune"])
-def test_import_order_does_not_matter(checkpoints, first):
+def test_import_order_does_not_matter(olica_of_every_family, first):
     """transformers imported before or after olica_prune, in a fresh interpreter."""
-    _, olica, _ = checkpoints
     imports = ("from transformers import AutoModelForCausalLM\nimport olica_prune" if first == "transformers"
                else "import olica_prune\nfrom transformers import AutoModelForCausalLM")
-    code = f"{imports}\nprint(type(AutoModelForCausalLM.from_pretrained({str(olica)!r})).__name__)"
+    code = (f"{imports}\nfor path in {olica_of_every_family!r}:\n"
+            "    print(type(AutoModelForCausalLM.from_pretrained(path)).__name__)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1] == "OlicaForCausalLM"
+    assert res.stdout.strip().splitlines()[-3:] == ["OlicaForCausalLM"] * 3
 
 
-def test_without_olica_import_transformers_alone_cannot_load_it(checkpoints):
+def test_without_olica_import_transformers_alone_cannot_load_it(olica_of_every_family):
     """The hook is what makes it work (so the tests above test it)."""
-    _, olica, _ = checkpoints
-    code = f"from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained({str(olica)!r})"
+    code = ("from transformers import AutoModelForCausalLM\n"
+            f"for path in {olica_of_every_family!r}:\n"
+            "    try:\n"
+            "        AutoModelForCausalLM.from_pretrained(path)\n"
+            "        print('loaded')\n"
+            "    except Exception as exc:\n"
+            "        print('refused', type(exc).__name__)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
-    assert res.returncode != 0
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()[-3:]
+    assert len(lines) == 3 and all(line.startswith("refused") for line in lines), lines
 
 
 def test_dense_configs_without_architectures_still_load(checkpoints, tmp_path):
