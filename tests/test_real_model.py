@@ -21,7 +21,7 @@ from olica_prune.io.sources import resolve_model
 pytestmark = pytest.mark.slow
 
 DOMAIN = "news"
-MAX_CHUNKS = 80
+MAX_CHUNKS = 40
 RISE_RATIO_BOUND = 0.6  # olica's PPL rise over dense at most this multiple of wanda-sp's
 
 
