@@ -1980,31 +1980,39 @@ def head_quality(R: Results) -> list[str]:
             doms = domains_of(d)
             dense = d["dense"]
             rows.append([model, "dense", ppl(dense[g]), "1", "1", "1.000"])
+            # Qwen's rows in quality_qwen_gpu.json predate the size rule (alpha 3 from 250 M parameters)
+            earlier = d is qw
             for m in methods:
                 r = find(d["rows"], method=m, sparsity=0.2)
                 if not r:
                     continue
                 xs = [qppl(r, dm) / qppl(dense, dm) for dm in doms]
-                label = {"olica": "Olica, retraining-free (`--no-recover`)", "paper": "Olica paper preset"}.get(m, m)
+                label = {"olica": "Olica, retraining-free, kl alpha 1 (earlier default)" if earlier
+                         else "Olica, retraining-free (`--no-recover`)", "paper": "Olica paper preset"}.get(m, m)
                 rows.append([model, label, ppl(r[g]), xr(r[g] / dense[g]), xr(max(xs)), f3(r["agreement"])])
+                if m == "olica" and d is qw:
+                    rows += _head_current_qwen(R, doms, recovered)
                 rq = R.get(rec_file) if m == "olica" else None
                 if rq and "olica-20+recover" in rq["rows"]:
                     r, rd = rq["rows"]["olica-20+recover"], rq["rows"]["dense"]
                     xs = [qppl(r, dm) / qppl(rd, dm) for dm in doms]
-                    rows.append([model, "**Olica** (defaults: with recovery)¹", ppl(r[g]), xr(r[g] / rd[g]),
-                                 xr(max(xs)), f3(r["agreement"])])
-                    recovered.append((rec_file, rq))
+                    label = ("Olica with recovery, kl alpha 1 (earlier default)¹" if earlier
+                             else "**Olica** (defaults: with recovery)¹")
+                    rows.append([model, label, ppl(r[g]),
+                                 xr(r[g] / rd[g]), xr(max(xs)), f3(r["agreement"])])
+                    recovered.append((rec_file, rq["rows"]["dense"]))
         out = table(["model", "method (20 %)", "report geomean PPL", "× dense", "worst domain × dense", "top-1"], rows,
                     right={2, 3, 4, 5})
         if recovered:
             out.append("¹ From its own evaluator run (" + ", ".join(
-                f"`{f}`: dense {ppl(d['rows']['dense'][g])}" for f, d in recovered) + "); its × dense columns are "
+                f"`{f}`: dense {ppl(dd[g])}" for f, dd in recovered) + "); its × dense columns are "
                 "against that run's dense.")
             out.append("")
         out.append(source(("quality.json", commits_of(q, [find(q["rows"], method=m, sparsity=0.2) or {}
                                                           for m in ("olica", "paper", "wanda-sp", "magnitude")])),
                           ("quality_qwen_gpu.json", commits_of(qw, qw["rows"])),
-                          *[(f, commits_of(d)) for f, d in recovered]))
+                          *[(f, commits_of(R.get(f), R.get(f)["rows"]) if f == PEERS_05B else commits_of(R.get(f)))
+                            for f, _ in recovered]))
         return out
 
     return block(R, ["quality.json", "quality_qwen_gpu.json"], body)
@@ -2081,6 +2089,23 @@ README_BLOCKS = {
 
 PEERS_15B = "quality_peers_qwen15.json"  # the third model's rows, rendered once measured
 PEER_ORDER = ["paper", "olica", "olica-kl-a1", "flap", "slicegpt", "slicegpt-untied", "wanda-sp"]
+
+
+PEERS_05B = "quality_peers_qwen.json"
+
+
+def _head_current_qwen(R: Results, doms, recovered) -> list[list[str]]:
+    """Qwen-0.5B's row of the current retraining-free default (the size rule's alpha), from the
+    peers run, once measured; its run is added to ``recovered`` (the footnoted own-dense runs)."""
+    d = R.get(PEERS_05B)
+    r = d and next((r for r in d["rows"] if r["method"] == "olica" and r["sparsity"] == 0.2 and "kl_alpha" in r), None)
+    if not r:
+        return []
+    g = f"geomean_{SEQ}"
+    xs = [qppl(r, dm) / qppl(d["dense"], dm) for dm in doms]
+    recovered.append((PEERS_05B, d["dense"]))
+    return [["Qwen2.5-Coder-0.5B", f"Olica, retraining-free, the default (kl alpha {r['kl_alpha']:g})¹",
+             ppl(r[g]), xr(r[g] / d["dense"][g]), xr(max(xs)), f3(r["agreement"])]]
 
 
 def peer_table(d) -> list[str]:
