@@ -1990,7 +1990,7 @@ def head_quality(R: Results) -> list[str]:
                 label = {"olica": "Olica, retraining-free, kl alpha 1 (earlier default)" if earlier
                          else "Olica, retraining-free (`--no-recover`)", "paper": "Olica paper preset"}.get(m, m)
                 rows.append([model, label, ppl(r[g]), xr(r[g] / dense[g]), xr(max(xs)), f3(r["agreement"])])
-                if m == "olica" and d is qw:
+                if m == "olica" and earlier:
                     rows += _head_current_qwen(R, doms, recovered)
                 rq = R.get(rec_file) if m == "olica" else None
                 if rq and "olica-20+recover" in rq["rows"]:

@@ -225,7 +225,7 @@ KL_ALPHA_POINTS = ((0.3, 1.0), (0.5, 0.25))
 # Larger models want a sharper allocation: from LARGE_MODEL_PARAMS parameters up
 # the schedule is KL_ALPHA_LARGE times as steep. Dev domains at 20 %: SmolLM2-135M
 # is best at alpha 1 (3 is 2.2 % worse, sweep7), Qwen2.5-Coder-0.5B at 3-4 (3 is
-# 5.7 % better than 1, sweep6/6b) and Qwen2.5-Coder-1.5B at 3 (17 % better than
+# 5.8 % better than 1, sweep6/6b) and Qwen2.5-Coder-1.5B at 3 (17 % better than
 # 1, sweep14). Three models cannot separate size from family; the boundary is the
 # geometric midpoint of 135 M and 494 M. Above 30 % the larger models' schedule
 # is an extrapolation (on Qwen-0.5B at 30 % alpha 2 beat 1 by 0.9 %, sweep6c/8b).
