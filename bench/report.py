@@ -1973,7 +1973,7 @@ def head_quality(R: Results) -> list[str]:
     def body(q, qw):
         g = f"geomean_{SEQ}"
         rows = []
-        recovered = []
+        own_runs = []  # (file, its dense, its commits): rows footnoted as scored against their own dense
         for model, d, methods, rec_file in (
                 ("SmolLM2-135M", q, ["olica", "paper", "wanda-sp", "magnitude"], "quality_recover.json"),
                 ("Qwen2.5-Coder-0.5B", qw, ["olica", "wanda-sp"], "quality_recover_qwen.json")):
@@ -1991,7 +1991,7 @@ def head_quality(R: Results) -> list[str]:
                          else "Olica, retraining-free (`--no-recover`)", "paper": "Olica paper preset"}.get(m, m)
                 rows.append([model, label, ppl(r[g]), xr(r[g] / dense[g]), xr(max(xs)), f3(r["agreement"])])
                 if m == "olica" and earlier:
-                    rows += _head_current_qwen(R, doms, recovered)
+                    rows += _head_current_qwen(R, doms, own_runs)
                 rq = R.get(rec_file) if m == "olica" else None
                 if rq and "olica-20+recover" in rq["rows"]:
                     r, rd = rq["rows"]["olica-20+recover"], rq["rows"]["dense"]
@@ -2000,19 +2000,18 @@ def head_quality(R: Results) -> list[str]:
                              else "**Olica** (defaults: with recovery)¹")
                     rows.append([model, label, ppl(r[g]),
                                  xr(r[g] / rd[g]), xr(max(xs)), f3(r["agreement"])])
-                    recovered.append((rec_file, rq["rows"]["dense"]))
+                    own_runs.append((rec_file, rd, commits_of(rq)))
         out = table(["model", "method (20 %)", "report geomean PPL", "× dense", "worst domain × dense", "top-1"], rows,
                     right={2, 3, 4, 5})
-        if recovered:
+        if own_runs:
             out.append("¹ From its own evaluator run (" + ", ".join(
-                f"`{f}`: dense {ppl(dd[g])}" for f, dd in recovered) + "); its × dense columns are "
+                f"`{f}`: dense {ppl(dd[g])}" for f, dd, _ in own_runs) + "); its × dense columns are "
                 "against that run's dense.")
             out.append("")
         out.append(source(("quality.json", commits_of(q, [find(q["rows"], method=m, sparsity=0.2) or {}
                                                           for m in ("olica", "paper", "wanda-sp", "magnitude")])),
                           ("quality_qwen_gpu.json", commits_of(qw, qw["rows"])),
-                          *[(f, commits_of(R.get(f), R.get(f)["rows"]) if f == PEERS_05B else commits_of(R.get(f)))
-                            for f, _ in recovered]))
+                          *[(f, commits) for f, _, commits in own_runs]))
         return out
 
     return block(R, ["quality.json", "quality_qwen_gpu.json"], body)
@@ -2094,16 +2093,16 @@ PEER_ORDER = ["paper", "olica", "olica-kl-a1", "flap", "slicegpt", "slicegpt-unt
 PEERS_05B = "quality_peers_qwen.json"
 
 
-def _head_current_qwen(R: Results, doms, recovered) -> list[list[str]]:
+def _head_current_qwen(R: Results, doms, own_runs) -> list[list[str]]:
     """Qwen-0.5B's row of the current retraining-free default (the size rule's alpha), from the
-    peers run, once measured; its run is added to ``recovered`` (the footnoted own-dense runs)."""
+    peers run, once measured; its run is added to ``own_runs`` (the footnoted own-dense runs)."""
     d = R.get(PEERS_05B)
     r = d and next((r for r in d["rows"] if r["method"] == "olica" and r["sparsity"] == 0.2 and "kl_alpha" in r), None)
     if not r:
         return []
     g = f"geomean_{SEQ}"
     xs = [qppl(r, dm) / qppl(d["dense"], dm) for dm in doms]
-    recovered.append((PEERS_05B, d["dense"]))
+    own_runs.append((PEERS_05B, d["dense"], commits_of(d, d["rows"])))
     return [["Qwen2.5-Coder-0.5B", f"Olica, retraining-free, the default (kl alpha {r['kl_alpha']:g})¹",
              ppl(r[g]), xr(r[g] / d["dense"][g]), xr(max(xs)), f3(r["agreement"])]]
 
